@@ -1,0 +1,157 @@
+"""Content-addressed artifact store: every file is kept once under `sha256/<ab>/<rest>`, named by
+the sha256 of its bytes, and re-hashed before it is handed out. A version's manifest digest is
+the sha256 of its sorted `path<TAB>sha256<TAB>size` lines, so equal trees get equal digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path, PurePosixPath
+
+from trainforge.core.errors import DataLoss, FieldViolation, InvalidArgument
+from trainforge.core.registry.models import ArtifactFile
+
+CHUNK = 1 << 20  # 1 MiB reads: large enough that hashing runs at memory speed, small enough to stream
+MAX_FILES = 10_000
+
+
+def manifest_digest(files: list[ArtifactFile] | tuple[ArtifactFile, ...]) -> str:
+    lines = "".join(f"{f.path}\t{f.sha256}\t{f.size_bytes}\n" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def check_relative_path(path: str, field: str = "path") -> str:
+    """A manifest path: relative, `/`-separated, no `.`/`..` parts, printable."""
+    parts = PurePosixPath(path).parts
+    if (not path or path.startswith("/") or "\\" in path or "\x00" in path or len(path) > 1024
+            or any(p in (".", "..") for p in parts) or path != "/".join(parts)):
+        raise InvalidArgument([FieldViolation(field, f"{path!r} must be a relative path without '.' or '..' parts")])
+    return path
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256[2:]
+
+    # -- writing -----------------------------------------------------------------------------
+    def put_file(self, source: Path) -> tuple[str, int]:
+        """Copy one file in, hashing as it streams; returns (sha256, size)."""
+        with open(source, "rb") as reader:
+            return self._put(iter(lambda: reader.read(CHUNK), b""))
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def _put(self, chunks: Iterator[bytes]) -> tuple[str, int]:
+        writer = self.writer()
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+        finally:
+            writer.discard()
+
+    def collect_tree(self, folder: Path) -> list[tuple[str, Path]]:
+        """(relative path, real path) of every regular file under `folder`, refusing links that
+        leave it and special files. `folder` is already confined to the models root."""
+        found: list[tuple[str, Path]] = []
+        folder = folder.resolve()
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            for name in list(dirnames):
+                link = Path(dirpath) / name
+                if link.is_symlink():
+                    raise InvalidArgument.one("source", f"{link.relative_to(folder)} is a symlinked directory")
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                real = Path(os.path.realpath(path))
+                rel = path.relative_to(folder).as_posix()
+                if not real.is_relative_to(folder):
+                    raise InvalidArgument.one("source", f"{rel!r} links outside the source folder")
+                if not stat.S_ISREG(real.stat().st_mode):
+                    raise InvalidArgument.one("source", f"{rel!r} is not a regular file")
+                found.append((rel, real))
+                if len(found) > MAX_FILES:
+                    raise InvalidArgument.one("source", f"more than {MAX_FILES} files")
+        if not found:
+            raise InvalidArgument.one("source", "the folder holds no files")
+        return sorted(found)
+
+    def put_tree(self, folder: Path) -> list[ArtifactFile]:
+        files = []
+        for rel, real in self.collect_tree(folder):
+            sha, size = self.put_file(real)
+            files.append(ArtifactFile(path=rel, size_bytes=size, sha256=sha))
+        return files
+
+    # -- reading -----------------------------------------------------------------------------
+    def matches(self, sha256: str) -> bool | None:
+        """True if the blob hashes to its name, False if it does not, None if it is missing."""
+        path = self.blob_path(sha256)
+        try:
+            digest = hashlib.sha256()
+            with open(path, "rb") as reader:
+                while chunk := reader.read(CHUNK):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return None
+        return digest.hexdigest() == sha256
+
+    async def read_verified(self, artifact: ArtifactFile, chunk_size: int = CHUNK) -> AsyncIterator[tuple[int, bytes]]:
+        """Yields (offset, bytes) of a blob whose content was checked against its digest first:
+        a corrupted file is refused whole rather than discovered after half of it was sent."""
+        state = self.matches(artifact.sha256)
+        if state is None:
+            raise DataLoss(f"artifact {artifact.path!r} is missing from the store",
+                           metadata={"path": artifact.path, "sha256": artifact.sha256})
+        if state is False:
+            raise DataLoss(f"artifact {artifact.path!r} does not match its sha256",
+                           metadata={"path": artifact.path, "sha256": artifact.sha256})
+        offset = 0
+        with open(self.blob_path(artifact.sha256), "rb") as reader:
+            while chunk := reader.read(chunk_size):
+                yield offset, chunk
+                offset += len(chunk)
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.root / "sha256").rglob("*") if p.is_file())
+
+
+class BlobWriter:
+    """Streams bytes into a temporary file while hashing, then moves it under its digest. The
+    rename is atomic, so a reader never sees half a blob, and writing an existing blob is a no-op."""
+
+    def __init__(self, store: ArtifactStore):
+        self._store = store
+        fd, name = tempfile.mkstemp(dir=store.root / "tmp")
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+
+    def commit(self) -> tuple[str, int]:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        sha = self._digest.hexdigest()
+        target = self._store.blob_path(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, target)
+        return sha, self.size
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)

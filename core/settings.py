@@ -1,0 +1,96 @@
+"""Server settings: the defaults below (configs/server.yaml spells them out, and a test keeps the
+two equal), then a user file, then TRAINFORGE_* environment variables. Validated up front; every
+problem is reported at once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from trainforge.core.errors import FieldViolation, InvalidArgument
+
+DEFAULT_DATA_DIR = "~/.local/share/trainforge"
+
+
+class Settings(BaseModel):
+    """Everything a trainforge process needs to know about where it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path(os.path.expanduser(DEFAULT_DATA_DIR))
+    database_url: str = ""
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    envoy_admin_port: int = Field(9901, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    models_root: Path = Path("models")
+    data_root: Path = Path("training-data")
+    artifacts_root: Path = Path("artifacts")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    db_pool_min: int = Field(2, ge=1, le=64)
+    db_pool_max: int = Field(16, ge=1, le=512)
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return Path(os.path.expanduser(str(value))) if value is not None else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    def resolve(self, path: Path) -> Path:
+        """A configured root as an absolute path (relative ones live under data_dir)."""
+        return (path if path.is_absolute() else self.data_dir / path).resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolve(self.models_root)
+
+    @property
+    def data_dir_root(self) -> Path:
+        return self.resolve(self.data_root)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.resolve(self.artifacts_root)
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(config_file: Path | None = None, env: dict[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Defaults < config file < environment < explicit overrides. Raises InvalidArgument naming
+    every bad key."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise InvalidArgument.one(str(config_file), "must be a YAML mapping")
+        values.update(loaded)
+    for key in Settings.model_fields:
+        name = f"TRAINFORGE_{key.upper()}"
+        if name in env:
+            values[key] = env[name]
+    if env.get("DATABASE_URL"):
+        values["database_url"] = env["DATABASE_URL"]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise InvalidArgument(
+            [FieldViolation(".".join(str(p) for p in err["loc"]) or "settings", err["msg"]) for err in exc.errors()],
+            message="invalid trainforge settings",
+        ) from None

@@ -1,0 +1,79 @@
+"""Wiring: builds the gRPC server from settings and dependencies. `create_server` binds the port
+(0 picks a free one) and returns it, so tests and `trainforge serve` start servers the same way."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
+from trainforge.core.db.pool import open_pool
+from trainforge.core.registry.artifacts import ArtifactStore
+from trainforge.core.registry.store import RegistryStore
+from trainforge.core.settings import Settings
+from trainforge.server.deploy_service import DeployService
+from trainforge.server.interceptors import RpcInterceptor
+from trainforge.server.registry_service import RegistryService
+from trainforge.server.training_service import TrainingService
+from trainforge.v1 import deploy_pb2, deploy_pb2_grpc, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
+
+SERVICE_NAMES = (
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    deploy_pb2.DESCRIPTOR.services_by_name["DeployService"].full_name,
+)
+
+
+@dataclass
+class Deps:
+    """What the servicers need; built once per process by `open_deps`."""
+
+    pool: AsyncConnectionPool
+    registry: RegistryStore
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_deps(settings: Settings, dsn: str) -> Deps:
+    settings.ensure_dirs()
+    pool = await open_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    registry = RegistryStore(pool, ArtifactStore(settings.artifacts_dir), settings.models_dir)
+    return Deps(pool=pool, registry=registry)
+
+
+async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int]:
+    server = aio.server(
+        interceptors=[RpcInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(deps.registry, time.monotonic()), server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry), server)
+    deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"could not bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    return server, port
+
+
+async def stop_server(server: aio.Server, grace: float = 5.0) -> None:
+    """Graceful: refuse new calls, let running ones finish for `grace` seconds, then cancel."""
+    await server.stop(grace)
+
+
+__all__ = ["Deps", "SERVICE_NAMES", "create_server", "open_deps", "stop_server"]

