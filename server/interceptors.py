@@ -109,9 +109,15 @@ def _wrap_unary(method: str, behavior):
 def _wrap_stream(method: str, behavior):
     async def wrapper(request, context):
         call = _Call(method, context)
+        started = False
         try:
-            await call.begin()
             async for response in behavior(request, context):
+                # Headers go out with the first message, not before: a stream that fails before
+                # producing anything then ends as a trailers-only response, which the gateway
+                # turns into a proper HTTP error status instead of a 200 with an error inside.
+                if not started:
+                    await call.begin()
+                    started = True
                 yield response
         except Exception as exc:  # noqa: BLE001
             if _is_abort(exc):

@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
         "dry_run": args.dry_run,
-        "timing": f"triton.testing.do_bench, warmup {args.warmup_ms} ms, rep {args.rep_ms} ms, p20/p50/p80",
+        "timing": "host clock, 3 calls (dry run: meaningless)" if args.dry_run else
+        f"triton.testing.do_bench, warmup {args.warmup_ms} ms, rep {args.rep_ms} ms, p20/p50/p80",
         "metrics": metrics,
         "ratios": ratios,
         "ratio_definitions": "w8a8/w8a16: bf16 cuBLAS p50 / ours p50 (>1: ours faster); "

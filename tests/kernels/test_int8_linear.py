@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +98,32 @@ def test_bad_arguments_raise_value_error(device):
     module = Int8Linear(64, 16, device=device)
     with pytest.raises(ValueError, match="last dimension 64"):
         module(torch.randn(2, 63, device=device))
+
+
+_PLAIN_CPU_USER = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from trainforge.kernels import Int8Linear, dispatch
+
+    assert not dispatch.INTERPRETING
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(2, 3, 96)
+    ref = x.double() @ linear.weight.detach().double().T + linear.bias.detach().double()
+    for mode in ("w8a8_dynamic", "w8a16"):
+        y = Int8Linear.from_linear(linear, mode)(x)
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert y.shape == (2, 3, 40) and err < 3e-2, (mode, err)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only user path")
+def test_plain_cpu_user_without_interpreter_gets_the_reference():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _PLAIN_CPU_USER], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
