@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from trainforge.core.errors import FieldViolation, InvalidArgument
 
 DEFAULT_DATA_DIR = "~/.local/share/trainforge"

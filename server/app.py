@@ -10,6 +10,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
+
 from trainforge.core.db.pool import open_pool
 from trainforge.core.registry.artifacts import ArtifactStore
 from trainforge.core.registry.store import RegistryStore

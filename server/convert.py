@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
 from trainforge.core.registry import models as domain
 from trainforge.v1 import registry_pb2 as pb
 

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
 from trainforge.core.errors import Unavailable
 
 log = logging.getLogger(__name__)

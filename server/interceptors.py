@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc import aio
+
 from trainforge.core.errors import TrainforgeError
 from trainforge.server.errors import code_for, to_status
 from trainforge.server.observability import RPC_LATENCY, RPC_REQUESTS, request_id_var

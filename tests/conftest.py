@@ -10,14 +10,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from tests.pg_fixtures import postgres_cluster  # noqa: F401  (session fixture)
+from tests.support import Rest, free_port
 from trainforge.core.db import migrate
 from trainforge.core.settings import Settings, load_settings
 from trainforge.server.envoy_process import EnvoyGateway
 from trainforge.server.runner import BackgroundServer
 from trainforge.v1 import deploy_pb2_grpc, registry_pb2_grpc, training_pb2_grpc
-
-from tests.pg_fixtures import postgres_cluster  # noqa: F401  (session fixture)
-from tests.support import Rest, free_port
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+
 from trainforge.core.db.embedded import EmbeddedPostgres
 
 # PostgreSQL truncates longer identifiers silently, which would leave the DSN naming a database

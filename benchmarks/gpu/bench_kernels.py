@@ -143,6 +143,7 @@ def _best_config(kernel) -> str | None:
 
 def bench_quantize(bench: Bench, shape, failures: list[str]) -> dict:
     import torch
+
     from trainforge.kernels import quantize_per_token, reference
 
     m, k = shape
@@ -179,6 +180,7 @@ def bench_quantize(bench: Bench, shape, failures: list[str]) -> dict:
 def bench_w8a8(bench: Bench, shape, failures: list[str]) -> dict:
     import torch
     import torch.nn.functional as F
+
     from trainforge.kernels import quantize_per_channel, quantize_per_token, w8a8_dynamic_matmul, w8a8_matmul
     from trainforge.kernels.w8a8_matmul import _w8a8_matmul_kernel
 
@@ -227,6 +229,7 @@ def bench_w8a8(bench: Bench, shape, failures: list[str]) -> dict:
 def bench_w8a16(bench: Bench, shape, failures: list[str]) -> dict:
     import torch
     import torch.nn.functional as F
+
     from trainforge.kernels import quantize_per_channel, w8a16_matmul
     from trainforge.kernels.w8a16_matmul import _w8a16_matmul_kernel, choose_split_k
 

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import errors, sql
+
 from trainforge.core.errors import FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)

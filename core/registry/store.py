@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
 from trainforge.core import pagination
 from trainforge.core.errors import (
     Aborted,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from trainforge.core.db.embedded import EmbeddedPostgres, find_postgres_bin
 from trainforge.core.errors import FailedPrecondition, Unavailable
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+
 from trainforge.core.errors import InvalidArgument
 from trainforge.core.registry.filters import MAX_DEPTH, MAX_FILTER_LENGTH, CompiledFilter, compile_filter
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+
 from trainforge.kernels import Int8Linear, dispatch, reference
 
 ops = torch.ops.trainforge

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 from torch import nn
+
 from trainforge.kernels import MODES, Int8Linear, dispatch, reference
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]

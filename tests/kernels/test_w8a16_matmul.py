@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 import torch
+
 from trainforge.kernels import reference, w8a16_matmul
 
 # The package re-exports the function w8a16_matmul, which shadows the submodule's attribute.
