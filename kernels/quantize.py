@@ -35,7 +35,8 @@ Q8_0_BLOCK_BYTES = 34  # GGUF block_q8_0: { ggml_half d; int8_t qs[32]; }
 
 # Elements one program holds. On a GPU 4096 is 32 fp32 values per thread at 4 warps, enough
 # loads in flight per SM without spilling. Under the interpreter every program instance costs
-# Python overhead (~1 ms) while numpy ops on a tile are cheap, so tiles are 16x larger.
+# Python overhead while numpy ops on a whole tile are cheap, so tiles are 16x larger (the 37x1000
+# quantize is then one program, ~5 ms).
 _TILE_ELEMS = 65536 if INTERPRETING else 4096
 # Rows up to this length are quantized from registers in one read (module-level so that tests
 # can lower it and cover the two-read path on small shapes).

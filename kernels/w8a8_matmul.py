@@ -8,9 +8,10 @@ scales are fp32; out is bf16, fp16 or fp32. The int32 accumulator is exact for K
 
 ``w8a8_dynamic_matmul`` takes the activations in floating point: it runs the one-read per-token
 quantize kernel (x read once, int8 + scales written, 1/2 of bf16's bytes) and then this GEMM.
-Quantizing inside the GEMM's prologue instead would redo the divide/round for every N-block:
-N / BLOCK_N = 32 to 64 times at N = 8192, i.e. ~5e9 extra fp32 ops at 8192^3, where the separate
-kernel moves 8192^2 * 3 bytes (~50 us at 4 TB/s). Not yet measured on a card.
+Quantizing inside the GEMM's prologue instead would redo the divide/clamp/round/convert of every
+activation for every N-block: N / BLOCK_N = 32 to 64 times at N = 8192, i.e. 2e9 to 4e9 element
+quantizations at 8192^3, where the separate kernel moves 8192^2 * 3 bytes (~50 us at 4 TB/s).
+Estimated, not yet measured on a card.
 """
 
 from __future__ import annotations
