@@ -28,6 +28,7 @@ if command -v protoc-gen-swagger >/dev/null; then
     --plugin=protoc-gen-swagger="$tmp/plugin" \
     --swagger_out=allow_merge=true,merge_file_name=trainforge,json_names_for_fields=false:"$tmp" "${PROTOS[@]}"
   "$PY" scripts/finish_openapi.py "$tmp/trainforge.swagger.json" gateway/openapi.json
+  "$PY" scripts/render_api_docs.py gateway/openapi.json gateway/docs.html
   rm -rf "$tmp"
 else
   echo "protoc-gen-swagger not found (apt-get install golang-grpc-gateway); gateway/openapi.json left as is" >&2

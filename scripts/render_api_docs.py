@@ -50,9 +50,11 @@ def esc(text: Any) -> str:
 
 
 def inline(text: str) -> str:
-    """Escapes text and renders `code` spans; `[label][target]` reference links keep their label."""
+    """Escapes text and renders `code` spans and `[label](url)` links; `[label][target]` reference
+    links keep their label."""
     text = re.sub(r"\[([^\]]+)\]\[[^\]]*\]", r"\1", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+    return re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', out)
 
 
 def prose(text: str) -> str:
@@ -80,6 +82,11 @@ def prose(text: str) -> str:
         if items:
             out.append("<ul>" + "".join(f"<li>{inline(' '.join(item))}</li>" for item in items) + "</ul>")
     return "".join(out)
+
+
+def breakable(dotted: str) -> str:
+    """A dotted field path that may wrap after each dot: deep paths would widen the table."""
+    return "<wbr>".join(esc(part) + "." for part in dotted.split(".")[:-1]) + esc(dotted.split(".")[-1])
 
 
 def definition_name(ref: str) -> str:
@@ -167,7 +174,7 @@ class Schemas:
             spec = properties[field]
             out.append(
                 f'<tr><td class="field" style="padding-left:{0.6 + 1.4 * depth:.1f}em">'
-                f'<span class="parent">{esc(prefix)}</span><b>{esc(field)}</b></td>'
+                f'<span class="parent">{breakable(prefix)}</span><b>{esc(field)}</b></td>'
                 f'<td class="type">{self.type_label(spec)}</td>'
                 f'<td class="desc">{self.description(spec, spec)}</td></tr>'
             )
@@ -186,7 +193,7 @@ class Schemas:
             return []
         if name in stack or depth > MAX_DEPTH:
             return [f'<tr><td class="field" style="padding-left:{0.6 + 1.4 * depth:.1f}em" colspan="3">'
-                    f'<span class="parent">{esc(path + suffix)}</span>… '
+                    f'<span class="parent">{breakable(path + suffix)}</span>… '
                     f'<em>the fields of {esc(display_name(name or ""))}, as above</em></td></tr>']
         return self.rows(message.get("properties", {}), path + suffix, depth, stack + (name or "",))
 
@@ -202,8 +209,8 @@ class Schemas:
         if not rows:
             return f'<p class="schema-type">{caption}</p><p class="empty">No fields: send <code>{{}}</code>.</p>'
         return (f'<p class="schema-type">{caption}</p>'
-                '<table class="fields"><thead><tr><th>Field</th><th>Type</th><th>Description</th></tr></thead>'
-                "<tbody>" + "".join(rows) + "</tbody></table>")
+                '<div class="scroll"><table class="fields"><thead><tr><th>Field</th><th>Type</th><th>Description</th>'
+                "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +244,8 @@ def parameter_table(params: list[dict[str, Any]], schemas: Schemas) -> str:
         rows.append(f'<tr><td class="field"><b>{esc(p["name"])}</b></td><td>{esc(p["in"])}</td>'
                     f'<td class="type">{schemas.type_label(p)}</td><td>{required}</td>'
                     f'<td class="desc">{schemas.description(p, p)}</td></tr>')
-    return ('<table class="fields params"><thead><tr><th>Name</th><th>In</th><th>Type</th><th></th>'
-            "<th>Description</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    return ('<div class="scroll"><table class="fields params"><thead><tr><th>Name</th><th>In</th><th>Type</th>'
+            "<th></th><th>Description</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 def render_operation(path: str, method: str, op: dict[str, Any], schemas: Schemas) -> str:
@@ -350,14 +357,14 @@ CSS = """
 body{margin:0;color:var(--fg);font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
 a{color:var(--link);text-decoration:none}a:hover{text-decoration:underline}
 code{font:0.88em/1.4 ui-monospace,SFMono-Regular,"SF Mono",Menlo,Consolas,"Liberation Mono",monospace;background:var(--soft);padding:0 .25em;border-radius:4px}
-nav{position:fixed;top:0;left:0;bottom:0;width:330px;overflow-y:auto;padding:16px 14px;border-right:1px solid var(--line);background:#fbfcfd;font-size:13px}
+nav{position:fixed;top:0;left:0;bottom:0;width:270px;overflow-y:auto;padding:16px 14px;border-right:1px solid var(--line);background:#fbfcfd;font-size:13px}
 nav h3{margin:16px 0 4px;font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
 nav ul{list-style:none;margin:0;padding:0}
 nav li a{display:flex;align-items:baseline;gap:6px;padding:2px 4px;border-radius:4px;color:var(--fg)}
 nav li a:hover{background:#eef1f4;text-decoration:none}
 .nav-title{margin:0;font-weight:600;font-size:16px}.nav-title a{color:var(--fg)}
 .nav-links{margin:4px 0 0}
-main{margin-left:330px;padding:24px 40px 80px;max-width:1240px}
+main{margin-left:270px;padding:24px 40px 80px;max-width:1240px}
 h1{margin:0 0 8px;font-size:28px}
 h2{margin:40px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line);font-size:22px}
 h4{margin:18px 0 6px;font-size:14px}
@@ -373,15 +380,16 @@ h4{margin:18px 0 6px;font-size:14px}
 .op .body{padding:4px 16px 12px}
 .schema-type{margin:4px 0}.msg{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em;color:#6639ba}
 .fmt{color:var(--muted)}.note{font-weight:400;color:var(--muted)}
+div.scroll{overflow-x:auto}
 table.fields{border-collapse:collapse;width:100%;font-size:13.5px;margin:4px 0 8px}
 table.fields th{text-align:left;font-size:12px;color:var(--muted);font-weight:600;border-bottom:1px solid var(--line);padding:4px 8px}
 table.fields td{border-top:1px solid #eaeef2;padding:4px 8px;vertical-align:top}
 table.fields td p{margin:0}table.fields td p+p,table.fields td ul{margin-top:4px}
 table.fields td ul{padding-left:18px;margin-bottom:0}
-td.field{white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
+td.field{min-width:10em;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
 td.field .parent{color:#8c959f}
-td.type{white-space:nowrap;width:1%}
-td.desc{width:60%}
+td.type{width:24%}
+td.desc{width:46%}
 .req{color:#cf222e;font-weight:600}
 .values,.wkt{color:var(--muted)}
 .empty,.errors{color:var(--muted);font-size:13.5px}

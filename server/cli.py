@@ -15,6 +15,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -60,7 +61,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 
 console = Console()
-err_console = Console(stderr=True)
+# Errors are not wrapped at the terminal width: messages carry paths and log lines people copy.
+err_console = Console(stderr=True, soft_wrap=True)
 
 # Exit statuses: 1 a request or the service failed, 2 the command line or the settings are wrong
 # (click's own usage errors use 2 as well).
@@ -219,13 +221,18 @@ def versions_table(versions: Sequence[registry_pb2.ModelVersion], title: str | N
 def comparison_table(comparison: registry_pb2.ModelComparison, refs: Sequence[str] = ()) -> Table:
     """Metrics down, versions across; each cell is the value and its delta against the first
     version; the best value of a row is starred."""
-    table = Table(caption="deltas against the first version; ★ best", caption_justify="left")
-    table.add_column("metric")
+    names = {v.name for v in comparison.versions}
+    one_model = len(names) == 1
+    table = Table(title=names.pop() if one_model else None, title_justify="left",
+                  caption="deltas against the first version; ★ best", caption_justify="left")
+    table.add_column("metric", overflow="fold")
     ids = [v.model_version_id for v in comparison.versions]
     for i, v in enumerate(comparison.versions):
-        header = _ref(v)
-        if i < len(refs) and refs[i] not in (header, v.model_version_id):
-            header += f"\n({refs[i]})"
+        # With one model the name goes in the title and the columns are its versions.
+        header = v.version if one_model else _ref(v)
+        ref = refs[i] if i < len(refs) else ""
+        if ref and ref not in (_ref(v), v.model_version_id):
+            header += f"\n({ref[len(v.name):] if one_model and ref.startswith(v.name) else ref})"
         table.add_column(header, justify="right", overflow="fold")
     for row in comparison.metrics:
         cells = []
@@ -332,7 +339,7 @@ def db_upgrade(
         raise _service_error(exc) from None
     except SQLAlchemyError as exc:
         raise _fail(f"migration failed: {getattr(exc, 'orig', None) or exc}") from None
-    console.print(f"{escape(where)} is at revision [bold]{migrate.head_revision()}[/] (head)")
+    console.print(f"{escape(where)} is at revision [bold]{migrate.head_revision()}[/] (head)", soft_wrap=True)
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -685,6 +692,9 @@ def demo(data_dir: Annotated[Path | None, typer.Option(
     settings = load_settings(env={}, data_dir=str(data_dir.absolute()), grpc_port=0, http_port=_free_port(),
                              envoy_admin_port=0, metrics_port=0)
     configure_logging("WARNING")
+    # Each RPC's outcome is on screen already, the refused register included; its WARNING line
+    # from the RPC interceptor would only repeat it on stderr.
+    logging.getLogger("trainforge.rpc").setLevel(logging.ERROR)
     console.print(f"data directory: {settings.data_dir}" + (" (removed at the end)" if own_dir else ""))
     try:
         ok = asyncio.run(_demo_session(settings, reset=not own_dir))

@@ -3,6 +3,15 @@ one Envoy gateway in front of it — all real processes, started once for the su
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Triton kernels run through the interpreter where there is no CUDA device; this must be set before
+# anything imports triton (tests/kernels/conftest.py checks it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import shutil
 import tempfile
 from collections.abc import Iterator

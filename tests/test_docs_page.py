@@ -1,0 +1,78 @@
+"""The API reference Envoy serves: /api/docs (gateway/docs.html, rendered from the OpenAPI document
+by scripts/render_api_docs.py) and /api/docs/openapi.json."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENAPI = ROOT / "gateway" / "openapi.json"
+DOCS = ROOT / "gateway" / "docs.html"
+RENDER = ROOT / "scripts" / "render_api_docs.py"
+# Envoy's max_direct_response_body_size_bytes (gateway/envoy.yaml).
+MAX_BYTES = 2 * 1024 * 1024
+
+
+def spec() -> dict:
+    return json.loads(OPENAPI.read_text())
+
+
+@pytest.mark.envoy
+@pytest.mark.postgres
+def test_docs_page_is_served(rest) -> None:
+    reply = rest.get("/api/docs")
+    assert reply.status == 200, reply
+    assert reply.headers["content-type"].startswith("text/html"), reply.headers
+    assert reply.raw == DOCS.read_bytes()
+    page = reply.raw.decode()
+    assert "/api/training/models/search" in page
+    assert "RegisterModel" in page
+    assert 'href="/api/docs/openapi.json"' in page
+
+
+@pytest.mark.envoy
+@pytest.mark.postgres
+def test_openapi_is_served(rest) -> None:
+    reply = rest.get("/api/docs/openapi.json")
+    assert reply.status == 200, reply
+    assert reply.headers["content-type"].startswith("application/json"), reply.headers
+    assert isinstance(reply.body, dict), reply
+    assert sorted(reply.body["paths"]) == sorted(spec()["paths"])
+
+
+def test_docs_page_covers_every_operation() -> None:
+    page = DOCS.read_text()
+    for path, methods in spec()["paths"].items():
+        for method, op in methods.items():
+            anchor = f'id="op-{op["operationId"]}"'
+            assert anchor in page, f"{method.upper()} {path}: no section {anchor}"
+            section = page[page.index(anchor):].split("</section>", 1)[0]
+            assert method.upper() in section
+            assert re.sub(r"<[^>]+>", "", section).count(path) >= 1, f"{op['operationId']}: path {path} not shown"
+            for param in op.get("parameters", []):
+                if param["in"] != "body":
+                    assert f"<b>{param['name']}</b>" in section, f"{op['operationId']}: parameter {param['name']}"
+
+
+def test_docs_page_is_self_contained() -> None:
+    page = DOCS.read_text()
+    assert len(page.encode()) < MAX_BYTES
+    # Nothing the browser would fetch: the gateway may run without network access.
+    assert not re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)=", page, re.I)
+    assert "@import" not in page and "url(" not in page
+
+
+def test_docs_page_is_current_and_deterministic(tmp_path: Path) -> None:
+    outputs = []
+    for i in range(2):
+        target = tmp_path / f"docs-{i}.html"
+        subprocess.run([sys.executable, str(RENDER), str(OPENAPI), str(target)], cwd=ROOT, check=True)
+        outputs.append(target.read_bytes())
+    assert outputs[0] == outputs[1], "render_api_docs.py output differs between runs"
+    assert outputs[0] == DOCS.read_bytes(), "gateway/docs.html is stale: run scripts/gen_protos.sh"
