@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -75,6 +76,7 @@ MLFLOW_SEARCH_FILTER = "tags.model_type = 'fine_tuned' AND tags.accuracy_band = 
 ARCHITECTURE = {"model_family": "GPT", "layers": 24, "hidden_size": 1024, "attention_heads": 16,
                 "vocab_size": 50257, "max_sequence_length": 1024}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_PROBE_S = 3.0
 
 
 # -- what the load workers get and give back ---------------------------------------------------
@@ -87,7 +89,8 @@ class Target:
     host: str
     port: int
     model_names: tuple[str, ...]
-    run_tag: str  # makes register's version strings unique across runs and cells
+    run_tag: str  # makes register's version strings unique across runs and cells (see run_cell)
+    token: str = ""  # trainforge API key, sent as `authorization: Bearer <token>`
 
 
 @dataclass
@@ -123,9 +126,11 @@ class HttpConnection:
     """One HTTP/1.1 connection, reused while the server keeps it open (Envoy does; gunicorn's sync
     workers close after every response, so MLflow calls reconnect — part of MLflow's cost)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, token: str = ""):
         self.host, self.port = host, port
         self._host_header = f"Host: {host}:{port}\r\n".encode()
+        if token:
+            self._host_header += f"Authorization: Bearer {token}\r\n".encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -208,15 +213,16 @@ def register_body_mlflow(name: str) -> dict:
 
 def _grpc_call(op: str, stub: registry_pb2_grpc.RegistryServiceStub, target: Target, client: int) -> Call:
     names, n = target.model_names, len(target.model_names)
+    auth = (("authorization", f"Bearer {target.token}"),)
     if op == "get":
         async def get(i: int) -> None:
-            await stub.GetModel(pb.GetModelRequest(model_id=names[(client * 7 + i) % n]))
+            await stub.GetModel(pb.GetModelRequest(model_id=names[(client * 7 + i) % n]), metadata=auth)
         return get
     if op == "search":
         request = pb.SearchModelsRequest(filter=SEARCH_FILTER, page_size=PAGE_SIZE)
 
         async def search(i: int) -> None:
-            reply = await stub.SearchModels(request)
+            reply = await stub.SearchModels(request, metadata=auth)
             if len(reply.data) != PAGE_SIZE:
                 raise RequestFailed(f"search returned {len(reply.data)} versions, expected {PAGE_SIZE}")
         return search
@@ -224,7 +230,7 @@ def _grpc_call(op: str, stub: registry_pb2_grpc.RegistryServiceStub, target: Tar
 
     async def register(i: int) -> None:
         body = register_body_trainforge(name, f"{target.run_tag}.{client}.{i}")
-        await stub.RegisterModel(pb.RegisterModelRequest(model_version=body))
+        await stub.RegisterModel(pb.RegisterModelRequest(model_version=body), metadata=auth)
     return register
 
 
@@ -296,7 +302,7 @@ async def _run_share(target: Target, op: str, clients: range, start_at: float, w
         calls = [_grpc_call(op, stub, target, c) for c in clients]
     else:
         for c in clients:
-            conn = HttpConnection(target.host, target.port)
+            conn = HttpConnection(target.host, target.port, target.token)
             closers.append(conn.close)
             calls.append(_rest_call(op, conn, target, c))
 
@@ -356,17 +362,20 @@ def _proc_table() -> dict[int, tuple[int, int]]:
 
 
 def cpu_ticks(components: dict[str, list[int]]) -> dict[str, int]:
-    """CPU ticks used so far by each component's process trees (roots and all descendants)."""
+    """CPU ticks used so far by each component's process trees: its roots and their descendants,
+    less the trees of other components (Envoy, PostgreSQL, MLflow and the load workers are all
+    children of the process that runs the gRPC server)."""
     table = _proc_table()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     totals = {}
     for name, roots in components.items():
+        others = {pid for other, pids in components.items() if other != name for pid in pids}
         seen, stack, total = set(), list(roots), 0
         while stack:
             pid = stack.pop()
-            if pid in seen or pid not in table:
+            if pid in seen or pid not in table or pid in others:
                 continue
             seen.add(pid)
             total += table[pid][1]
@@ -448,6 +457,10 @@ def mlflow_server(dsn: str, artifacts: Path, log: Path, workers: int) -> Iterato
         raise RuntimeError(f"{mlflow} is missing; run benchmarks/mlflow/setup.sh first")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PG"))}
+    # MLflow 3 also starts a job runner with seven huey consumer processes (GenAI evaluation jobs,
+    # nothing the model registry uses); on 2 cores they took ~0.5 core for a while after start.
+    # A registry-only deployment turns them off, and so do we: it only helps MLflow's numbers.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
             [str(mlflow), "server", "--backend-store-uri", dsn, "--default-artifact-root", str(artifacts),
@@ -490,9 +503,24 @@ def seed_plan(models: int) -> list[SeedVersion]:
     return plan
 
 
-def seed_trainforge(port: int, plan: list[SeedVersion]) -> int:
+def create_api_key(dsn: str) -> str:
+    """An admin API key, made the way the test suite makes its keys."""
+    from trainforge.core.access.keys import KeyStore
+    from trainforge.core.db.pool import open_pool
+
+    async def make() -> str:
+        pool = await open_pool(dsn, min_size=1, max_size=2)
+        try:
+            return (await KeyStore(pool).create("registry-benchmark", "admin")).token
+        finally:
+            await pool.close()
+    return asyncio.run(make())
+
+
+def seed_trainforge(port: int, token: str, plan: list[SeedVersion]) -> int:
     """Registers the plan over gRPC, points `production` at each model's first version; returns how
     many versions SEARCH_FILTER matches."""
+    auth = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         for v in plan:
@@ -501,10 +529,11 @@ def seed_trainforge(port: int, plan: list[SeedVersion]) -> int:
                 "model_type": v.model_type, "size_mb": 2048, "parameter_count": 355000000,
                 "architecture": ARCHITECTURE, "tags": ["bench"],
                 "performance_metrics": {"accuracy": v.accuracy, "f1_score": v.f1_score,
-                                        "inference_latency_ms": v.latency_ms}}))
+                                        "inference_latency_ms": v.latency_ms}}), metadata=auth)
         for name in sorted({v.name for v in plan}):
-            stub.SetModelAlias(pb.SetModelAliasRequest(model_id=name, alias="production", version="1.0.0"))
-        reply = stub.SearchModels(pb.SearchModelsRequest(filter=SEARCH_FILTER, page_size=PAGE_SIZE))
+            stub.SetModelAlias(pb.SetModelAliasRequest(model_id=name, alias="production", version="1.0.0"),
+                               metadata=auth)
+        reply = stub.SearchModels(pb.SearchModelsRequest(filter=SEARCH_FILTER, page_size=PAGE_SIZE), metadata=auth)
         return reply.total_size
 
 
@@ -609,6 +638,7 @@ def cpu_card() -> str:
 def run_cell(pool: ProcessPoolExecutor, procs: int, target: Target, op: str, clients: int, options: Options,
              components: dict[str, list[int]]) -> Cell:
     procs = max(1, min(procs, clients))
+    target = dataclasses.replace(target, run_tag=f"{target.run_tag}.{target.transport}{clients}")
     bounds = [clients * k // procs for k in range(procs + 1)]
     start_at = time.monotonic() + 0.3
     futures = [pool.submit(run_share, target, op, range(bounds[k], bounds[k + 1]), start_at, options.warmup_s,
@@ -692,6 +722,9 @@ def run(options: Options) -> dict:
         dsn = pg.start()
         exit_stack.callback(pg.stop)
         migrate.upgrade(dsn)
+        # Before the server starts: the version probes fork, and gRPC warns about forks.
+        versions = collect_versions(dsn, options.mlflow)
+        token = create_api_key(dsn)
         settings = load_settings(env={}, data_dir=str(base / "data"), database_url=dsn, grpc_port=0,
                                  db_pool_max=options.db_pool_max)
         server = BackgroundServer(settings, dsn)
@@ -708,12 +741,12 @@ def run(options: Options) -> dict:
         plan = seed_plan(options.seed_models)
         names = tuple(sorted({v.name for v in plan}))
         t0 = time.monotonic()
-        tf_matches = seed_trainforge(server.port, plan)
+        tf_matches = seed_trainforge(server.port, token, plan)
         print(f"seeded trainforge: {len(plan)} versions of {len(names)} models in {time.monotonic() - t0:.1f} s; "
               f"search matches {tf_matches}", flush=True)
         run_tag = f"b{int(time.time())}"
-        targets = [Target("grpc", "127.0.0.1", server.port, names, run_tag),
-                   Target("envoy", "127.0.0.1", envoy.http_port, names, run_tag)]
+        targets = [Target("grpc", "127.0.0.1", server.port, names, run_tag, token),
+                   Target("envoy", "127.0.0.1", envoy.http_port, names, run_tag, token)]
 
         mlflow_matches = None
         if options.mlflow:
@@ -735,13 +768,18 @@ def run(options: Options) -> dict:
                 raise RuntimeError(f"the two searches select different versions: {tf_matches} vs {mlflow_matches}")
             targets.append(Target("mlflow", "127.0.0.1", mlflow_port, names, run_tag))
 
-        versions = collect_versions(dsn, options.mlflow)
         cells: list[Cell] = []
         procs = max(1, options.load_procs)
         context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
         with ProcessPoolExecutor(max_workers=procs, mp_context=context) as pool:
             loaders = list(pool.map(_warm_worker, [1.0] * procs))
             components["load"] = sorted(set(loaders))
+            before = cpu_ticks(components)
+            time.sleep(IDLE_PROBE_S)
+            after = cpu_ticks(components)
+            idle = {name: round((after[name] - before[name]) / CLOCK_TICKS / IDLE_PROBE_S * 100, 1)
+                    for name in components}
+            print(f"idle CPU % of one core over {IDLE_PROBE_S:.0f} s: {idle}", flush=True)
             for op in options.ops:
                 for target in targets:
                     for clients in options.clients:
@@ -764,6 +802,7 @@ def run(options: Options) -> dict:
                 "search_matches": tf_matches, "db_pool_max": options.db_pool_max,
                 "postgres_mode": "durable (fsync on, synchronous_commit on)",
                 "mlflow_server": f"gunicorn, {options.mlflow_workers} sync workers" if options.mlflow else None,
+                "idle_cpu_pct_of_one_core": idle,
             },
             "metrics": [asdict(c) for c in cells],
             "ratios": ratios,

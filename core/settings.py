@@ -4,16 +4,26 @@ problem is reported at once."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainforge.core.errors import FieldViolation, InvalidArgument
 
 DEFAULT_DATA_DIR = "~/.local/share/trainforge"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseModel):
@@ -36,6 +46,8 @@ class Settings(BaseModel):
     db_pool_min: int = Field(2, ge=1, le=64)
     db_pool_max: int = Field(16, ge=1, le=512)
     log_level: str = "INFO"
+    # Off only on purpose, and then every listener must be on loopback (checked below).
+    auth_enabled: bool = True
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -48,6 +60,16 @@ class Settings(BaseModel):
         if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _loopback_without_auth(self) -> Settings:
+        if not self.auth_enabled:
+            exposed = [f"{name}={host}" for name, host in (("grpc_host", self.grpc_host), ("http_host", self.http_host))
+                       if not _is_loopback(host)]
+            if exposed:
+                raise ValueError("auth_enabled is false, so the server may only listen on loopback; "
+                                 f"got {', '.join(exposed)}")
+        return self
 
     def resolve(self, path: Path) -> Path:
         """A configured root as an absolute path (relative ones live under data_dir)."""

@@ -207,7 +207,7 @@ class Schemas:
             caption += f' — {inline(" ".join(message["description"].split()))}'
         rows = self.rows(message.get("properties", {}), "", 0, (name or "",))
         if not rows:
-            return f'<p class="schema-type">{caption}</p><p class="empty">No fields: send <code>{{}}</code>.</p>'
+            return f'<p class="schema-type">{caption}</p><p class="empty">No fields: the empty JSON object <code>{{}}</code>.</p>'
         return (f'<p class="schema-type">{caption}</p>'
                 '<div class="scroll"><table class="fields"><thead><tr><th>Field</th><th>Type</th><th>Description</th>'
                 "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
@@ -317,8 +317,9 @@ def render(doc: dict[str, Any]) -> str:
 
     status = {"$ref": "#/definitions/rpcStatus"}
     errors = ('<h2 id="errors">Errors</h2><p>A failed call answers with an HTTP status derived from its gRPC '
-              "code (INVALID_ARGUMENT 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, "
-              "ALREADY_EXISTS and ABORTED 409, RESOURCE_EXHAUSTED 429, INTERNAL 500, UNAVAILABLE 503) and a "
+              "code (INVALID_ARGUMENT and FAILED_PRECONDITION 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, "
+              "NOT_FOUND 404, ALREADY_EXISTS and ABORTED 409, RESOURCE_EXHAUSTED 429, INTERNAL and DATA_LOSS 500, "
+              "UNIMPLEMENTED 501, UNAVAILABLE 503) and a "
               "<code>google.rpc.Status</code> body. Its <code>details</code> carry a "
               "<code>google.rpc.ErrorInfo</code> (reason, domain, metadata) and, for bad input, a "
               "<code>google.rpc.BadRequest</code> listing every field violation at once.</p>"
@@ -358,7 +359,7 @@ body{margin:0;color:var(--fg);font:15px/1.5 system-ui,-apple-system,"Segoe UI",R
 a{color:var(--link);text-decoration:none}a:hover{text-decoration:underline}
 code{font:0.88em/1.4 ui-monospace,SFMono-Regular,"SF Mono",Menlo,Consolas,"Liberation Mono",monospace;background:var(--soft);padding:0 .25em;border-radius:4px}
 nav{position:fixed;top:0;left:0;bottom:0;width:270px;overflow-y:auto;padding:16px 14px;border-right:1px solid var(--line);background:#fbfcfd;font-size:13px}
-nav h3{margin:16px 0 4px;font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
+nav h3{margin:16px 0 4px;font-size:13px}nav h3 a{color:var(--muted)}
 nav ul{list-style:none;margin:0;padding:0}
 nav li a{display:flex;align-items:baseline;gap:6px;padding:2px 4px;border-radius:4px;color:var(--fg)}
 nav li a:hover{background:#eef1f4;text-decoration:none}

@@ -11,10 +11,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
+from trainforge.core.access.audit import AuditLog
+from trainforge.core.access.keys import KeyStore
 from trainforge.core.db.pool import open_pool
 from trainforge.core.registry.artifacts import ArtifactStore
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings
+from trainforge.server.auth import Authorizer
 from trainforge.server.deploy_service import DeployService
 from trainforge.server.interceptors import RpcInterceptor
 from trainforge.server.registry_service import RegistryService
@@ -34,8 +37,12 @@ class Deps:
 
     pool: AsyncConnectionPool
     registry: RegistryStore
+    keys: KeyStore
+    audit: AuditLog
+    authorizer: Authorizer
 
     async def close(self) -> None:
+        await self.authorizer.close()
         await self.pool.close()
 
 
@@ -43,12 +50,15 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
     settings.ensure_dirs()
     pool = await open_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     registry = RegistryStore(pool, ArtifactStore(settings.artifacts_dir), settings.models_dir)
-    return Deps(pool=pool, registry=registry)
+    keys, audit = KeyStore(pool), AuditLog(pool)
+    authorizer = Authorizer(keys, audit, enabled=settings.auth_enabled)
+    await authorizer.start(dsn)
+    return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer)
 
 
 async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int]:
     server = aio.server(
-        interceptors=[RpcInterceptor()],
+        interceptors=[RpcInterceptor(deps.authorizer)],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

@@ -137,7 +137,7 @@ def _registry(server: str) -> Iterator[registry_pb2_grpc.RegistryServiceStub]:
 
 def _print_json(message: Message) -> None:
     # Same shape as the REST gateway's bodies: snake_case, fields with default values included.
-    body = json_format.MessageToDict(message, preserving_proto_field_names=True,
+    body = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
     typer.echo(json.dumps(body, indent=2))
 
@@ -636,7 +636,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _demo_session(settings: Settings, reset: bool) -> bool:
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+async def _demo_session(settings: Settings, reset: bool) -> int:
+    """Runs the service and the REST demo against it; returns the exit status."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     loop = asyncio.get_running_loop()
@@ -645,7 +649,8 @@ async def _demo_session(settings: Settings, reset: bool) -> bool:
     await asyncio.wait({ready, service}, return_when=asyncio.FIRST_COMPLETED)
     if not ready.done():
         await service  # raises what went wrong; returns when a signal came before the start finished
-        return False
+        console.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
     endpoints = ready.result()
     console.print(Panel(endpoints_table(endpoints), title="trainforge is running", title_align="left", expand=False))
 
@@ -663,15 +668,17 @@ async def _demo_session(settings: Settings, reset: bool) -> bool:
         try:
             ok = await demo_task
         except _DemoCancelled:
-            console.print("[yellow]interrupted[/]")
-            return False
+            ok = None
+    if ok is None:
+        console.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
     if ok:
         console.print(f"[green]all {demo.steps} steps returned what they should[/]")
-    else:
-        console.print("[red]steps with unexpected results:[/]")
-        for line in demo.failed:
-            console.print(f"  {escape(line)}")
-    return ok
+        return 0
+    console.print("[red]steps with unexpected results:[/]")
+    for line in demo.failed:
+        console.print(f"  {escape(line)}")
+    return EXIT_FAILED
 
 
 @app.command()
@@ -697,15 +704,15 @@ def demo(data_dir: Annotated[Path | None, typer.Option(
     logging.getLogger("trainforge.rpc").setLevel(logging.ERROR)
     console.print(f"data directory: {settings.data_dir}" + (" (removed at the end)" if own_dir else ""))
     try:
-        ok = asyncio.run(_demo_session(settings, reset=not own_dir))
+        status = asyncio.run(_demo_session(settings, reset=not own_dir))
     except TrainforgeError as exc:
         raise _service_error(exc) from None
     finally:
         if own_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
     console.print(f"stopped everything after {time.monotonic() - started:.1f} s")
-    if not ok:
-        raise typer.Exit(EXIT_FAILED)
+    if status:
+        raise typer.Exit(status)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Wraps every RPC handler: request id, structured access log, Prometheus metrics, and the mapping
+"""Wraps every RPC handler: request id, authentication and authorisation (server.auth), the audit
+record of mutating and denied calls, a structured access log, Prometheus metrics, and the mapping
 of exceptions to statuses (through server.errors, the single error table)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,7 +13,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
-from trainforge.core.errors import TrainforgeError
+from trainforge.core.errors import PermissionDenied, TrainforgeError, Unauthenticated
+from trainforge.server.auth import Authorizer, Principal, denied_principal
 from trainforge.server.errors import code_for, to_status
 from trainforge.server.observability import RPC_LATENCY, RPC_REQUESTS, request_id_var
 
@@ -21,33 +24,58 @@ log = logging.getLogger("trainforge.rpc")
 REQUEST_ID_KEY = "x-request-id"
 
 
-def _request_id(context: aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
+def _request_id(metadata) -> str:
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY and value and len(value) <= 128:
             return value
     return uuid.uuid4().hex
 
 
 class _Call:
-    """Bookkeeping for one call: its id, timing, and what to do with the outcome."""
+    """One call: its id, who made it, timing, and what to do with the outcome."""
 
-    def __init__(self, method: str, context: aio.ServicerContext):
+    def __init__(self, method: str, context: aio.ServicerContext, authorizer: Authorizer | None):
         self.method = method
         self.context = context
-        self.request_id = _request_id(context)
+        self.authorizer = authorizer
+        self.metadata = context.invocation_metadata() or ()
+        self.request_id = _request_id(self.metadata)
         self.started = time.perf_counter()
         self.token = request_id_var.set(self.request_id)
+        self.principal: Principal | None = None
+        self.rule = None
+        self.request: object = None
+
+    async def authorize(self) -> None:
+        if self.authorizer is not None:
+            self.principal, self.rule = await self.authorizer.identify(self.method, self.metadata)
+            self.authorizer.check(self.principal, self.rule, self.method)
 
     async def begin(self) -> None:
         await self.context.send_initial_metadata(((REQUEST_ID_KEY, self.request_id),))
 
     async def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, TrainforgeError):
-            self.finish(code_for(exc))
-        else:
+        code = code_for(exc) if isinstance(exc, TrainforgeError) else grpc.StatusCode.INTERNAL
+        if not isinstance(exc, TrainforgeError):
             log.exception("unhandled error in %s", self.method)
-            self.finish(grpc.StatusCode.INTERNAL)
+        if isinstance(exc, (Unauthenticated, PermissionDenied)) and self.principal is None:
+            await self._audit(denied_principal(self.metadata), code)
+        elif self.principal is not None and (self.rule.mutating or isinstance(exc, PermissionDenied)):
+            await self._audit(self.principal, code)
+        self.finish(code)
         await self.context.abort_with_status(to_status(exc, self.request_id))
+
+    async def succeed(self) -> None:
+        if self.principal is not None and self.rule.mutating:
+            await self._audit(self.principal, grpc.StatusCode.OK)
+        self.finish(grpc.StatusCode.OK)
+
+    async def _audit(self, principal: Principal, code: grpc.StatusCode) -> None:
+        try:
+            await self.authorizer.record(principal, self.method, self.rule, self.request, code.name,
+                                         self.request_id, self.context.peer() or "")
+        except Exception:  # noqa: BLE001 - a failed audit write is logged loudly, the reply still goes out
+            log.exception("could not append to the audit log for %s", self.method)
 
     def finish(self, code: grpc.StatusCode) -> None:
         elapsed = time.perf_counter() - self.started
@@ -55,9 +83,11 @@ class _Call:
         RPC_LATENCY.labels(self.method).observe(elapsed)
         level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
         if log.isEnabledFor(level):
-            log.log(level, "rpc", extra={"fields": {
-                "method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
-                "peer": self.context.peer()}})
+            fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
+                      "peer": self.context.peer()}
+            if self.principal is not None:
+                fields["key_id"] = self.principal.key_id
+            log.log(level, "rpc", extra={"fields": fields})
         request_id_var.reset(self.token)
 
 
@@ -67,6 +97,9 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 class RpcInterceptor(aio.ServerInterceptor):
+    def __init__(self, authorizer: Authorizer | None = None):
+        self.authorizer = authorizer
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -75,43 +108,85 @@ class RpcInterceptor(aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
+        method, auth = details.method, self.authorizer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                _wrap_unary(method, handler.unary_unary, auth), handler.request_deserializer,
+                handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+                _wrap_stream(method, handler.unary_stream, auth), handler.request_deserializer,
+                handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                _wrap_client_stream(method, handler.stream_unary, auth), handler.request_deserializer,
+                handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(method, handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+            _wrap_stream(method, handler.stream_stream, auth), handler.request_deserializer,
+            handler.response_serializer)
 
 
-def _wrap_unary(method: str, behavior):
+def _wrap_unary(method: str, behavior, authorizer: Authorizer | None):
     async def wrapper(request, context):
-        call = _Call(method, context)
+        call = _Call(method, context, authorizer)
+        call.request = request
         try:
+            await call.authorize()
             await call.begin()
             response = await behavior(request, context)
+        except asyncio.CancelledError:
+            call.finish(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure is mapped, logged and counted here
             if _is_abort(exc):
                 call.finish(context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             await call.fail(exc)
             return None
-        call.finish(grpc.StatusCode.OK)
+        await call.succeed()
         return response
 
     return wrapper
 
 
-def _wrap_stream(method: str, behavior):
+def _wrap_client_stream(method: str, behavior, authorizer: Authorizer | None):
+    """A client stream's resource is read from its first message, as the handler consumes it."""
+
+    async def wrapper(request_iterator, context):
+        call = _Call(method, context, authorizer)
+
+        async def observed():
+            async for message in request_iterator:
+                if call.request is None:
+                    call.request = message
+                yield message
+
+        try:
+            await call.authorize()
+            await call.begin()
+            response = await behavior(observed(), context)
+        except asyncio.CancelledError:
+            call.finish(grpc.StatusCode.CANCELLED)
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if _is_abort(exc):
+                call.finish(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            await call.fail(exc)
+            return None
+        await call.succeed()
+        return response
+
+    return wrapper
+
+
+def _wrap_stream(method: str, behavior, authorizer: Authorizer | None):
     async def wrapper(request, context):
-        call = _Call(method, context)
+        call = _Call(method, context, authorizer)
+        call.request = request
         started = False
         try:
+            await call.authorize()
             async for response in behavior(request, context):
                 # Headers go out with the first message, not before: a stream that fails before
                 # producing anything then ends as a trailers-only response, which the gateway
@@ -120,12 +195,15 @@ def _wrap_stream(method: str, behavior):
                     await call.begin()
                     started = True
                 yield response
+        except asyncio.CancelledError:
+            call.finish(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:  # noqa: BLE001
             if _is_abort(exc):
                 call.finish(context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             await call.fail(exc)
             return
-        call.finish(grpc.StatusCode.OK)
+        await call.succeed()
 
     return wrapper

@@ -103,6 +103,8 @@ class Service:
                 cluster = EmbeddedPostgres(embedded_postgres_dir(settings))
                 dsn = await asyncio.to_thread(cluster.start)
                 database = f"embedded PostgreSQL at {cluster.data_dir} (127.0.0.1:{cluster.port})"
+            if stop.is_set():
+                return
             await asyncio.to_thread(migrate.upgrade, dsn)
             if stop.is_set():
                 return

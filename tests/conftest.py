@@ -12,17 +12,21 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.pg_fixtures import postgres_cluster  # noqa: F401  (session fixture)
-from tests.support import Rest, free_port
+from tests.support import Rest, authed, free_port
+from trainforge.core.access.keys import ROLES, KeyStore
 from trainforge.core.db import migrate
+from trainforge.core.db.pool import open_pool
 from trainforge.core.settings import Settings, load_settings
 from trainforge.server.envoy_process import EnvoyGateway
 from trainforge.server.runner import BackgroundServer
@@ -58,10 +62,35 @@ def grpc_server(settings: Settings, database_url: str) -> Iterator[BackgroundSer
 
 
 @pytest.fixture(scope="session")
-def grpc_channel(grpc_server: BackgroundServer) -> Iterator[grpc.Channel]:
+def api_keys(database_url: str) -> dict[str, str]:
+    """Bearer tokens by name: one per role, plus a revoked and an expired key."""
+
+    async def make() -> dict[str, str]:
+        pool = await open_pool(database_url, min_size=1, max_size=2)
+        try:
+            keys = KeyStore(pool)
+            tokens = {role: (await keys.create(f"test-{role}", role)).token for role in ROLES}
+            revoked = await keys.create("test-revoked", "admin")
+            await keys.revoke(revoked.key.key_id)
+            expired = await keys.create("test-expired", "admin", expires_in=timedelta(microseconds=1))
+            return {**tokens, "revoked": revoked.token, "expired": expired.token}
+        finally:
+            await pool.close()
+
+    return asyncio.run(make())
+
+
+@pytest.fixture(scope="session")
+def raw_channel(grpc_server: BackgroundServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield channel
+
+
+@pytest.fixture(scope="session")
+def grpc_channel(raw_channel: grpc.Channel, api_keys: dict[str, str]) -> grpc.Channel:
+    """A channel that sends the admin key with every call."""
+    return authed(raw_channel, api_keys["admin"])
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +118,9 @@ def gateway(grpc_server: BackgroundServer, data_dir: Path, settings: Settings) -
 
 
 @pytest.fixture(scope="session")
-def rest(gateway: EnvoyGateway) -> Rest:
-    return Rest(gateway.url)
+def rest(gateway: EnvoyGateway, api_keys: dict[str, str]) -> Rest:
+    """REST through Envoy with the admin key; `rest.with_token(...)` for another key or none."""
+    return Rest(gateway.url, api_keys["admin"])
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 
 def free_port() -> int:
@@ -28,10 +31,14 @@ class Reply:
 
 
 class Rest:
-    """JSON over HTTP to the Envoy gateway."""
+    """JSON over HTTP to the Envoy gateway, with an API key when given one."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, token: str = ""):
         self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def with_token(self, token: str) -> Rest:
+        return Rest(self.base_url, token)
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
              headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
@@ -39,6 +46,8 @@ class Rest:
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
             request.add_header("content-type", "application/json")
+        if self.token:
+            request.add_header("authorization", f"Bearer {self.token}")
         for key, value in (headers or {}).items():
             request.add_header(key, value)
         try:
@@ -76,3 +85,38 @@ def violations(reply: Reply) -> dict[str, str]:
             for v in detail.get("fieldViolations", detail.get("field_violations", [])):
                 found[v["field"]] = v["description"]
     return found
+
+
+class BearerAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call on a channel."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def _details(self, details):
+        metadata = list(details.metadata or ()) + [("authorization", f"Bearer {self.token}")]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+class _Details(collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"),
+               grpc.ClientCallDetails):
+    pass
+
+
+def authed(channel: grpc.Channel, token: str) -> grpc.Channel:
+    return grpc.intercept_channel(channel, BearerAuth(token))

@@ -3,6 +3,7 @@ by scripts/render_api_docs.py) and /api/docs/openapi.json."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -76,3 +77,27 @@ def test_docs_page_is_current_and_deterministic(tmp_path: Path) -> None:
         outputs.append(target.read_bytes())
     assert outputs[0] == outputs[1], "render_api_docs.py output differs between runs"
     assert outputs[0] == DOCS.read_bytes(), "gateway/docs.html is stale: run scripts/gen_protos.sh"
+
+
+def test_render_stops_at_recursive_messages() -> None:
+    spec_ = importlib.util.spec_from_file_location("render_api_docs", RENDER)
+    render_api_docs = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(render_api_docs)
+    doc = {
+        "swagger": "2.0", "info": {"title": "t", "version": "1"},
+        "paths": {"/tree": {"post": {
+            "operationId": "MakeTree", "tags": ["TreeService"],
+            "parameters": [{"in": "body", "name": "body", "required": True, "schema": {"$ref": "#/definitions/v1Node"}}],
+            "responses": {"200": {"description": "ok", "schema": {"$ref": "#/definitions/v1Missing"}}},
+        }}},
+        "definitions": {"v1Node": {"type": "object", "properties": {
+            "label": {"type": "string", "description": "A label."},
+            "children": {"type": "array", "items": {"$ref": "#/definitions/v1Node"}},
+            "parent": {"$ref": "#/definitions/v1Node"},
+        }}},
+    }
+    page = render_api_docs.render(doc)
+    assert page == render_api_docs.render(doc)
+    assert page.count("<b>label</b>") == 1  # expanded once, then named
+    assert "the fields of Node, as above" in page
+    assert "Missing</span> <em>(not defined)</em>" in page

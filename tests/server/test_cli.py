@@ -158,6 +158,13 @@ def test_mask_password():
     assert mask_password("postgresql://app@db/tf") == "postgresql://app@db/tf"
 
 
+def _wide_env() -> dict[str, str]:
+    # rich wraps at COLUMNS (80 when not on a terminal), which would fold the strings asserted on.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["COLUMNS"] = "200"
+    return env
+
+
 def _processes_mentioning(text: str) -> list[str]:
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -183,8 +190,7 @@ def traversable_dir() -> Path:
 def test_serve_runs_until_sigterm(traversable_dir: Path):
     data_dir = traversable_dir / "data"
     http_port = free_port()
-    env = {**os.environ, "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0"}
-    env.pop("DATABASE_URL", None)
+    env = {**_wide_env(), "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0"}
     process = subprocess.Popen([TRAINFORGE, "serve", "--data-dir", str(data_dir), "--grpc-port", "0",
                                 "--http-port", str(http_port)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -211,7 +217,7 @@ def test_serve_runs_until_sigterm(traversable_dir: Path):
 
 
 def test_demo_runs_end_to_end_and_cleans_up():
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env = _wide_env()
     started = time.monotonic()
     result = subprocess.run([TRAINFORGE, "demo"], capture_output=True, text=True, timeout=120, env=env)
     took = time.monotonic() - started

@@ -21,16 +21,17 @@ def broken_server(settings, database_url):
         deps = await open_deps(settings, database_url)
         server, port = await create_server(settings, deps)
         await deps.pool.close()  # the database "goes away" under a running server
-        return server, port
+        return server, port, deps
 
     loop = asyncio.new_event_loop()
-    server, port = loop.run_until_complete(start())
+    server, port, deps = loop.run_until_complete(start())
     yield loop, port
     loop.run_until_complete(stop_server(server, grace=1))
+    loop.run_until_complete(deps.authorizer.close())
     loop.close()
 
 
-def test_unexpected_error_is_internal_without_details(broken_server, caplog):
+def test_unexpected_error_is_internal_without_details(broken_server, caplog, api_keys):
     loop, port = broken_server
 
     async def call():
@@ -38,7 +39,8 @@ def test_unexpected_error_is_internal_without_details(broken_server, caplog):
             registry = registry_pb2_grpc.RegistryServiceStub(channel)
             with pytest.raises(aio.AioRpcError) as info:
                 await registry.GetModel(registry_pb2.GetModelRequest(model_id="anything"),
-                                        metadata=(("x-request-id", "req-42"),))
+                                        metadata=(("x-request-id", "req-42"),
+                                                  ("authorization", f"Bearer {api_keys['viewer']}")))
             health = await training_pb2_grpc.TrainingServiceStub(channel).GetSystemHealth(
                 training_pb2.GetSystemHealthRequest())
             return info.value, health
