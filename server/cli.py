@@ -28,6 +28,7 @@ import urllib.request  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from datetime import timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any  # noqa: E402
 
@@ -44,8 +45,10 @@ from rich.panel import Panel  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from trainforge.core.access.keys import KeyStore  # noqa: E402
 from trainforge.core.db import migrate  # noqa: E402
 from trainforge.core.db.embedded import EmbeddedPostgres  # noqa: E402
+from trainforge.core.db.pool import open_pool  # noqa: E402
 from trainforge.core.errors import InvalidArgument, TrainforgeError  # noqa: E402
 from trainforge.core.settings import Settings, load_settings  # noqa: E402
 from trainforge.server.observability import configure_logging  # noqa: E402
@@ -73,6 +76,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", exists=True, dir_oka
                                                 help="Settings YAML (see configs/server.yaml).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ~/.local/share/trainforge).")]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="TRAINFORGE_SERVER", help="gRPC address, host:port.")]
+ApiKeyOpt = Annotated[str, typer.Option("--api-key", envvar="TRAINFORGE_API_KEY", show_default=False,
+                                        help="API key (tf_...), sent as `authorization: Bearer`.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the response as JSON with proto field names.")]
 
 
@@ -123,14 +128,28 @@ def _rpc_error(err: grpc.RpcError, server: str) -> typer.Exit:
     name = code.name if code else "UNKNOWN"
     if code == grpc.StatusCode.UNAVAILABLE:
         violations.append(f"hint: is `trainforge serve` running at {server}? (--server or TRAINFORGE_SERVER)")
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        violations.append("hint: pass --api-key or set TRAINFORGE_API_KEY")
     return _fail(f"{name}: {message}", *violations)
 
 
+class _Registry:
+    """RegistryService calls with the CLI's deadline and API key on each."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str):
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+    def __getattr__(self, method: str) -> Callable[[Message], Any]:
+        rpc = getattr(self._stub, method)
+        return lambda request: rpc(request, timeout=RPC_TIMEOUT_S, metadata=self._metadata)
+
+
 @contextmanager
-def _registry(server: str) -> Iterator[registry_pb2_grpc.RegistryServiceStub]:
+def _registry(server: str, api_key: str) -> Iterator[_Registry]:
     with grpc.insecure_channel(server) as channel:
         try:
-            yield registry_pb2_grpc.RegistryServiceStub(channel)
+            yield _Registry(channel, api_key)
         except grpc.RpcError as err:
             raise _rpc_error(err, server) from None
 
@@ -345,11 +364,11 @@ def db_upgrade(
 # -- models -------------------------------------------------------------------------------------
 
 @models_app.command("list")
-def models_list(server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
-                page_size: Annotated[int, typer.Option("--page-size")] = 50) -> None:
+def models_list(page_size: Annotated[int, typer.Option("--page-size")] = 50,
+                server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False) -> None:
     """List registered models, newest first."""
-    with _registry(server) as stub:
-        reply = stub.ListModels(registry_pb2.ListModelsRequest(page_size=page_size), timeout=RPC_TIMEOUT_S)
+    with _registry(server, api_key) as stub:
+        reply = stub.ListModels(registry_pb2.ListModelsRequest(page_size=page_size))
     if as_json:
         return _print_json(reply)
     table = Table(caption=f"{len(reply.data)} of {reply.total_size} models", caption_justify="left")
@@ -364,14 +383,13 @@ def models_list(server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
 @models_app.command("get")
 def models_get(model: Annotated[str, typer.Argument(help="Model name or id.")],
                version: Annotated[str | None, typer.Option("--version", help="Version string or alias.")] = None,
-               server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False) -> None:
+               server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False) -> None:
     """Show a model, or one of its versions with --version."""
-    with _registry(server) as stub:
+    with _registry(server, api_key) as stub:
         if version:
-            reply: Message = stub.GetModelVersion(registry_pb2.GetModelVersionRequest(model_id=model, version=version),
-                                                  timeout=RPC_TIMEOUT_S)
+            reply: Message = stub.GetModelVersion(registry_pb2.GetModelVersionRequest(model_id=model, version=version))
         else:
-            reply = stub.GetModel(registry_pb2.GetModelRequest(model_id=model), timeout=RPC_TIMEOUT_S)
+            reply = stub.GetModel(registry_pb2.GetModelRequest(model_id=model))
     if as_json:
         return _print_json(reply)
     if version:
@@ -414,7 +432,7 @@ def models_register(
     file: Annotated[Path | None, typer.Option("--file", exists=True, dir_okay=False,
                                               help="JSON body of a version (the REST register body); "
                                                    "the options above override it.")] = None,
-    server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
+    server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
 ) -> None:
     """Register a new model version. The server checks every field and reports all problems at once."""
     body = _version_from_file(file) if file else registry_pb2.ModelVersion()
@@ -426,8 +444,8 @@ def models_register(
         key, value = _parse_metric(text)
         body.performance_metrics[key] = value
     body.tags.extend(tag or ())
-    with _registry(server) as stub:
-        reply = stub.RegisterModel(registry_pb2.RegisterModelRequest(model_version=body), timeout=RPC_TIMEOUT_S)
+    with _registry(server, api_key) as stub:
+        reply = stub.RegisterModel(registry_pb2.RegisterModelRequest(model_version=body))
     if as_json:
         return _print_json(reply)
     console.print(Panel(version_table(reply.data), title=f"registered {escape(_ref(reply.data))}", title_align="left"))
@@ -435,16 +453,17 @@ def models_register(
 
 @models_app.command("search")
 def models_search(
-    filter: Annotated[str, typer.Option("--filter", help='AIP-160, e.g. \'metrics.accuracy > 0.8 AND tags:"chat"\'.')] = "",
+    filter: Annotated[str, typer.Option("--filter",
+                                        help='AIP-160, e.g. \'metrics.accuracy > 0.8 AND tags:"chat"\'.')] = "",
     query: Annotated[str, typer.Option("--query", help="Free text in name, description, tags.")] = "",
     order_by: Annotated[str, typer.Option("--order-by", help="e.g. 'metrics.accuracy desc'.")] = "",
     page_size: Annotated[int, typer.Option("--page-size")] = 50,
-    server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
+    server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
 ) -> None:
     """Search model versions."""
     request = registry_pb2.SearchModelsRequest(filter=filter, query=query, order_by=order_by, page_size=page_size)
-    with _registry(server) as stub:
-        reply = stub.SearchModels(request, timeout=RPC_TIMEOUT_S)
+    with _registry(server, api_key) as stub:
+        reply = stub.SearchModels(request)
     if as_json:
         return _print_json(reply)
     console.print(versions_table(reply.data, title=f"{len(reply.data)} of {reply.total_size} matching versions"))
@@ -454,12 +473,11 @@ def models_search(
 def models_compare(
     refs: Annotated[list[str], typer.Argument(help="2-16 references: id, NAME:VERSION or NAME@ALIAS.")],
     metric: Annotated[list[str] | None, typer.Option("--metric", help="Only these metrics; repeatable.")] = None,
-    server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
+    server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
 ) -> None:
     """Compare model versions side by side; the first is the baseline."""
-    with _registry(server) as stub:
-        reply = stub.CompareModels(registry_pb2.CompareModelsRequest(model_version_ids=refs, metrics=metric or []),
-                                   timeout=RPC_TIMEOUT_S)
+    with _registry(server, api_key) as stub:
+        reply = stub.CompareModels(registry_pb2.CompareModelsRequest(model_version_ids=refs, metrics=metric or []))
     if as_json:
         return _print_json(reply)
     console.print(comparison_table(reply.data, refs))
@@ -470,17 +488,15 @@ def models_delete(
     model: Annotated[str, typer.Argument(help="Model name or id.")],
     version: Annotated[str | None, typer.Option("--version", help="Delete only this version (or alias).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Even if deployed or aliased.")] = False,
-    server: ServerOpt = "127.0.0.1:50051", as_json: JsonOpt = False,
+    server: ServerOpt = "127.0.0.1:50051", api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
 ) -> None:
     """Delete a model with all its versions, or one version with --version."""
-    with _registry(server) as stub:
+    with _registry(server, api_key) as stub:
         if version:
             reply: Message = stub.DeleteModelVersion(
-                registry_pb2.DeleteModelVersionRequest(model_id=model, version=version, force=force),
-                timeout=RPC_TIMEOUT_S)
+                registry_pb2.DeleteModelVersionRequest(model_id=model, version=version, force=force))
         else:
-            reply = stub.DeleteModel(registry_pb2.DeleteModelRequest(model_id=model, force=force),
-                                     timeout=RPC_TIMEOUT_S)
+            reply = stub.DeleteModel(registry_pb2.DeleteModelRequest(model_id=model, force=force))
     if as_json:
         return _print_json(reply)
     if version:
@@ -513,11 +529,13 @@ class _Reply:
     body: Any
 
 
-def _http(method: str, url: str, body: Any = None, timeout: float = 30) -> _Reply:
+def _http(method: str, url: str, body: Any = None, token: str = "", timeout: float = 30) -> _Reply:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("content-type", "application/json")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, payload = response.status, response.read()
@@ -537,24 +555,25 @@ class _RestDemo:
     """Calls the REST gateway step by step and prints each call, its status and what came back.
     Responses are parsed into the proto messages so the tables are the ones `models` prints."""
 
-    def __init__(self, base_url: str, cancel: threading.Event):
-        self.base_url, self.cancel = base_url, cancel
+    def __init__(self, base_url: str, token: str, cancel: threading.Event):
+        self.base_url, self.token, self.cancel = base_url, token, cancel
         self.steps = 0
         self.failed: list[str] = []
 
     def step(self, title: str, method: str, path: str, body: Any, expect: int,
-             show: Callable[[Any], RenderableType | None], check: Callable[[Any], str | None] | None = None) -> Any:
+             show: Callable[[Any], RenderableType | None], check: Callable[[Any], str | None] | None = None,
+             *, anonymous: bool = False) -> Any:
         if self.cancel.is_set():
             raise _DemoCancelled
         self.steps += 1
         try:
-            reply = _http(method, self.base_url + path, body)
+            reply = _http(method, self.base_url + path, body, "" if anonymous else self.token)
         except OSError as exc:
             reply = _Reply(0, f"request failed: {exc}")
         problem = None if reply.status == expect else f"expected HTTP {expect}"
         if problem is None and check is not None:
             problem = check(reply.body)
-        parts: list[RenderableType] = [Text(f"{method} {path}", style="bold")]
+        parts: list[RenderableType] = [Text(f"{method} {path}" + ("  (no API key)" if anonymous else ""), style="bold")]
         if body is not None:
             parts.append(Text(json.dumps(body, separators=(",", ":")), style="dim", overflow="fold"))
         status_style = "red" if problem else "green"
@@ -580,10 +599,12 @@ class _RestDemo:
 
         if reset:
             # A --data-dir reused from an earlier demo still holds the model; start from scratch.
-            reply = _http("DELETE", f"{self.base_url}{api}/models/{DEMO_MODEL}?force=true")
+            reply = _http("DELETE", f"{self.base_url}{api}/models/{DEMO_MODEL}?force=true", token=self.token)
             if reply.status == 200:
                 console.print(f"removed {DEMO_MODEL} left by an earlier demo in this data directory")
 
+        self.step("Without an API key the registry is closed", "GET", f"{api}/models", None, 401,
+                  lambda b: Text(f"{b.get('message', '')}"), anonymous=True)
         self.step("Register version 1.0.0 (the README's example body)", "POST", f"{api}/models", DEMO_SEED, 200,
                   lambda b: version_table(data(pb.RegisterModelResponse)(b)))
         self.step("Register version 1.1.0 with better metrics", "POST", f"{api}/models", DEMO_NEXT, 200,
@@ -636,6 +657,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def _mint_demo_key(dsn: str) -> str:
+    """An admin key straight in the database, as the service's operator would make one: every
+    registry call needs a key, and the demo runs with authentication on, as `serve` does."""
+    pool = await open_pool(dsn, min_size=1, max_size=1)
+    try:
+        new = await KeyStore(pool).create("trainforge-demo", "admin", expires_in=timedelta(hours=1),
+                                          description="made by `trainforge demo` for its session")
+    finally:
+        await pool.close()
+    return new.token
+
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -653,9 +686,16 @@ async def _demo_session(settings: Settings, reset: bool) -> int:
         return EXIT_INTERRUPTED
     endpoints = ready.result()
     console.print(Panel(endpoints_table(endpoints), title="trainforge is running", title_align="left", expand=False))
+    try:
+        token = await _mint_demo_key(endpoints.dsn)
+    except BaseException:
+        stop.set()
+        await service
+        raise
+    console.print(f"minted an admin API key for this session: {escape(token[:len('tf_') + 12])}…")
 
     cancel = threading.Event()
-    demo = _RestDemo(endpoints.http_url, cancel)
+    demo = _RestDemo(endpoints.http_url, token, cancel)
     demo_task = asyncio.ensure_future(asyncio.to_thread(demo.run, reset))
     stop_wait = asyncio.ensure_future(stop.wait())
     try:

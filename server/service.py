@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -36,7 +36,9 @@ class Endpoints:
     grpc_address: str
     http_url: str
     metrics_url: str | None
-    database: str
+    database: str  # for people: the embedded cluster's directory, or the URL with its password masked
+    # For in-process callers (the demo mints its API key with it); never printed.
+    dsn: str = field(default="", repr=False)
 
     @property
     def rest_url(self) -> str:
@@ -130,7 +132,7 @@ class Service:
                 metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
             endpoints = Endpoints(grpc_address=f"{settings.grpc_host}:{grpc_port}", http_url=envoy.url,
-                                  metrics_url=metrics_url, database=database)
+                                  metrics_url=metrics_url, database=database, dsn=dsn)
             log.info("trainforge ready", extra={"fields": {"grpc": endpoints.grpc_address, "http": envoy.url}})
             if on_ready:
                 on_ready(endpoints)

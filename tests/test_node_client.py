@@ -29,12 +29,14 @@ pytestmark = [
 ]
 
 
-def test_node_registry_client(grpc_server) -> None:
+def test_node_registry_client(grpc_server, api_keys: dict[str, str]) -> None:
     assert (GOOGLEAPIS_PROTO_DIR / "google" / "rpc" / "error_details.proto").is_file(), GOOGLEAPIS_PROTO_DIR
     env = {
         **os.environ,
         "TRAINFORGE_GRPC": f"127.0.0.1:{grpc_server.port}",
         "GOOGLEAPIS_PROTO_DIR": str(GOOGLEAPIS_PROTO_DIR),
+        # RegisterModel needs the trainer role; the test also checks that a call without a key fails.
+        "TRAINFORGE_API_KEY": api_keys["trainer"],
         "NO_COLOR": "1",
     }
     result = subprocess.run([NODE, "--test", "--test-reporter=spec", str(TEST_FILE)], cwd=ROOT, env=env,

@@ -6,6 +6,7 @@
 // Run through tests/test_node_client.py, which starts the server and sets:
 //   TRAINFORGE_GRPC        host:port of the gRPC server
 //   GOOGLEAPIS_PROTO_DIR   folder holding google/api/*.proto and google/rpc/*.proto
+//   TRAINFORGE_API_KEY     a `trainer` key, sent as `authorization: Bearer <key>` (unset: no header)
 // (google/protobuf well-known types are bundled with protobufjs, which proto-loader uses.)
 
 const { describe, it, before, after } = require('node:test');
@@ -19,6 +20,7 @@ const protobuf = require('protobufjs');
 
 const ADDRESS = process.env.TRAINFORGE_GRPC;
 const GOOGLEAPIS = process.env.GOOGLEAPIS_PROTO_DIR;
+const API_KEY = process.env.TRAINFORGE_API_KEY || '';
 if (!ADDRESS || !GOOGLEAPIS) {
   throw new Error('set TRAINFORGE_GRPC (host:port) and GOOGLEAPIS_PROTO_DIR; tests/test_node_client.py does');
 }
@@ -65,11 +67,18 @@ function loadStatusTypes() {
   };
 }
 
-/** Calls a unary method; resolves with the response, rejects with grpc-js's ServiceError. */
-function unary(client, method, request) {
+function credentials(token) {
+  const metadata = new grpc.Metadata();
+  if (token) metadata.set('authorization', `Bearer ${token}`);
+  return metadata;
+}
+
+/** Calls a unary method with the API key; resolves with the response, rejects with grpc-js's
+ * ServiceError. (Call credentials need TLS in grpc-js, so the key goes in per-call metadata.) */
+function unary(client, method, request, token = API_KEY) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + DEADLINE_MS);
-    client[method](request, { deadline }, (err, response) => (err ? reject(err) : resolve(response)));
+    client[method](request, credentials(token), { deadline }, (err, response) => (err ? reject(err) : resolve(response)));
   });
 }
 
@@ -138,6 +147,11 @@ describe('RegistryService from a Node.js client', () => {
 
     const none = await unary(client, 'SearchModels', { filter: `name = "${NAME}" AND metrics.accuracy > 0.9` });
     assert.equal(none.data.length, 0);
+  });
+
+  it('refuses a call without an API key with UNAUTHENTICATED', { skip: !API_KEY && 'no TRAINFORGE_API_KEY' }, async () => {
+    const err = await failure(unary(client, 'GetModel', { model_id: NAME }, ''));
+    assert.equal(err.code, grpc.status.UNAUTHENTICATED, `code ${err.code}: ${err.details}`);
   });
 
   it('refuses the same version twice with ALREADY_EXISTS', async () => {
