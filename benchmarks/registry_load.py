@@ -705,8 +705,25 @@ def format_table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def run(options: Options) -> dict:
-    """Start the stack, seed, measure every cell; return the results document."""
+@dataclass
+class Stack:
+    """A started stack, seeded: what the cells need to reach it and to account for its CPU."""
+
+    dsn: str
+    server_port: int
+    envoy_port: int
+    token: str
+    targets: list[Target]
+    components: dict[str, list[int]]
+    versions: dict[str, str]
+    model_names: tuple[str, ...]
+    search_matches: int
+
+
+@contextlib.contextmanager
+def start_stack(options: Options) -> Iterator[Stack]:
+    """PostgreSQL (durable), migrations, an API key, the gRPC server, Envoy and, unless
+    options.mlflow is off, MLflow on a second database; both registries seeded alike."""
     from trainforge.core.db import migrate
     from trainforge.core.db.embedded import EmbeddedPostgres
     from trainforge.core.settings import load_settings
@@ -717,8 +734,8 @@ def run(options: Options) -> dict:
     # The cluster runs as `postgres` when we are root; it must be able to traverse to its data dir.
     base.chmod(0o711)
     pg = EmbeddedPostgres(base / "pg", database="trainforge_bench", fast=False)
-    exit_stack = contextlib.ExitStack()
-    try:
+    with contextlib.ExitStack() as exit_stack:
+        exit_stack.callback(shutil.rmtree, base, ignore_errors=True)
         dsn = pg.start()
         exit_stack.callback(pg.stop)
         migrate.upgrade(dsn)
@@ -741,14 +758,13 @@ def run(options: Options) -> dict:
         plan = seed_plan(options.seed_models)
         names = tuple(sorted({v.name for v in plan}))
         t0 = time.monotonic()
-        tf_matches = seed_trainforge(server.port, token, plan)
+        matches = seed_trainforge(server.port, token, plan)
         print(f"seeded trainforge: {len(plan)} versions of {len(names)} models in {time.monotonic() - t0:.1f} s; "
-              f"search matches {tf_matches}", flush=True)
+              f"search matches {matches}", flush=True)
         run_tag = f"b{int(time.time())}"
         targets = [Target("grpc", "127.0.0.1", server.port, names, run_tag, token),
                    Target("envoy", "127.0.0.1", envoy.http_port, names, run_tag, token)]
 
-        mlflow_matches = None
         if options.mlflow:
             # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; MLflow's venv carries psycopg2,
             # the driver MLflow's docs and images use, so name it.
@@ -764,54 +780,63 @@ def run(options: Options) -> dict:
             mlflow_matches = _check_mlflow_search(mlflow_port)
             print(f"seeded MLflow: {len(plan)} versions in {time.monotonic() - t0:.1f} s; search matches "
                   f"{mlflow_matches} (expected {expected})", flush=True)
-            if mlflow_matches != tf_matches:
-                raise RuntimeError(f"the two searches select different versions: {tf_matches} vs {mlflow_matches}")
+            if mlflow_matches != matches:
+                raise RuntimeError(f"the two searches select different versions: {matches} vs {mlflow_matches}")
             targets.append(Target("mlflow", "127.0.0.1", mlflow_port, names, run_tag))
 
-        cells: list[Cell] = []
-        procs = max(1, options.load_procs)
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
-        with ProcessPoolExecutor(max_workers=procs, mp_context=context) as pool:
-            loaders = list(pool.map(_warm_worker, [1.0] * procs))
-            components["load"] = sorted(set(loaders))
-            before = cpu_ticks(components)
-            time.sleep(IDLE_PROBE_S)
-            after = cpu_ticks(components)
-            idle = {name: round((after[name] - before[name]) / CLOCK_TICKS / IDLE_PROBE_S * 100, 1)
-                    for name in components}
-            print(f"idle CPU % of one core over {IDLE_PROBE_S:.0f} s: {idle}", flush=True)
-            for op in options.ops:
-                for target in targets:
-                    for clients in options.clients:
-                        cell = run_cell(pool, procs, target, op, clients, options, components)
-                        cells.append(cell)
-                        print(format_table([cell]).splitlines()[1], flush=True)
-                        if cell.errors:
-                            print(f"  first error: {cell.first_error}", flush=True)
+        yield Stack(dsn=dsn, server_port=server.port, envoy_port=envoy.http_port, token=token, targets=targets,
+                    components=components, versions=versions, model_names=names, search_matches=matches)
 
-        ratios = compute_ratios(cells, options.clients)
-        document = {
-            "benchmark": "registry",
-            "card": cpu_card(),
-            "versions": versions,
-            "date": dt.date.today().isoformat(),
-            "setup": {
-                "duration_s": options.duration_s, "warmup_s": options.warmup_s, "load_procs": procs,
-                "seed_models": len(names), "versions_per_model": VERSIONS_PER_MODEL, "page_size": PAGE_SIZE,
-                "search_filter": SEARCH_FILTER, "mlflow_search_filter": MLFLOW_SEARCH_FILTER,
-                "search_matches": tf_matches, "db_pool_max": options.db_pool_max,
-                "postgres_mode": "durable (fsync on, synchronous_commit on)",
-                "mlflow_server": f"gunicorn, {options.mlflow_workers} sync workers" if options.mlflow else None,
-                "idle_cpu_pct_of_one_core": idle,
-            },
-            "metrics": [asdict(c) for c in cells],
-            "ratios": ratios,
-            "goals": goals(cells, ratios, options.clients),
-        }
-        return document
-    finally:
-        exit_stack.close()
-        shutil.rmtree(base, ignore_errors=True)
+
+def measure(stack: Stack, options: Options) -> tuple[list[Cell], dict[str, float]]:
+    """Every cell, op by op (register last), each target, each client count; and the idle CPU of
+    each component before the first cell."""
+    cells: list[Cell] = []
+    procs = max(1, options.load_procs)
+    components = dict(stack.components)
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
+    with ProcessPoolExecutor(max_workers=procs, mp_context=context) as pool:
+        components["load"] = sorted(set(pool.map(_warm_worker, [1.0] * procs)))
+        before = cpu_ticks(components)
+        time.sleep(IDLE_PROBE_S)
+        after = cpu_ticks(components)
+        idle = {name: round((after[name] - before[name]) / CLOCK_TICKS / IDLE_PROBE_S * 100, 1)
+                for name in components}
+        print(f"idle CPU % of one core over {IDLE_PROBE_S:.0f} s: {idle}", flush=True)
+        for op in options.ops:
+            for target in stack.targets:
+                for clients in options.clients:
+                    cell = run_cell(pool, procs, target, op, clients, options, components)
+                    cells.append(cell)
+                    print(format_table([cell]).splitlines()[1], flush=True)
+                    if cell.errors:
+                        print(f"  first error: {cell.first_error}", flush=True)
+    return cells, idle
+
+
+def run(options: Options) -> dict:
+    """Start the stack, seed, measure every cell; return the results document."""
+    with start_stack(options) as stack:
+        cells, idle = measure(stack, options)
+    ratios = compute_ratios(cells, options.clients)
+    return {
+        "benchmark": "registry",
+        "card": cpu_card(),
+        "versions": stack.versions,
+        "date": dt.date.today().isoformat(),
+        "setup": {
+            "duration_s": options.duration_s, "warmup_s": options.warmup_s, "load_procs": max(1, options.load_procs),
+            "seed_models": len(stack.model_names), "versions_per_model": VERSIONS_PER_MODEL,
+            "page_size": PAGE_SIZE, "search_filter": SEARCH_FILTER, "mlflow_search_filter": MLFLOW_SEARCH_FILTER,
+            "search_matches": stack.search_matches, "db_pool_max": options.db_pool_max,
+            "postgres_mode": "durable (fsync on, synchronous_commit on)",
+            "mlflow_server": f"gunicorn, {options.mlflow_workers} sync workers" if options.mlflow else None,
+            "idle_cpu_pct_of_one_core": idle,
+        },
+        "metrics": [asdict(c) for c in cells],
+        "ratios": ratios,
+        "goals": goals(cells, ratios, options.clients),
+    }
 
 
 def _new_database(admin_dsn: str, name: str, pg) -> str:

@@ -1,5 +1,6 @@
-"""Completes the OpenAPI (Swagger 2.0) document protoc-gen-swagger wrote: title, version, the
-bearer security scheme, and a stable key order so that regeneration is byte-for-byte reproducible."""
+"""Merges the per-file OpenAPI (Swagger 2.0) documents protoc-gen-swagger wrote into one and
+completes it: title, version, the bearer security scheme, and a stable key order so that
+regeneration is byte-for-byte reproducible."""
 
 import json
 import sys
@@ -7,8 +8,21 @@ import tomllib
 from pathlib import Path
 
 
-def main(source: str, target: str) -> None:
-    doc = json.loads(Path(source).read_text())
+def merge(sources: list[str]) -> dict:
+    doc: dict = {}
+    for source in sorted(sources):
+        part = json.loads(Path(source).read_text())
+        if not doc:
+            doc = part
+            continue
+        doc.setdefault("paths", {}).update(part.get("paths", {}))
+        doc.setdefault("definitions", {}).update(part.get("definitions", {}))
+        doc["tags"] = doc.get("tags", []) + [t for t in part.get("tags", []) if t not in doc.get("tags", [])]
+    return doc
+
+
+def main(target: str, *sources: str) -> None:
+    doc = merge(list(sources))
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     doc["info"] = {
         "title": "trainforge API",

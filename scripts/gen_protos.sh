@@ -26,8 +26,10 @@ if command -v protoc-gen-swagger >/dev/null; then
   chmod +x "$tmp/plugin"
   "$PY" -m grpc_tools.protoc -Iprotos -I"$GOOGLEAPIS" -I"$PROTOBUF_INC" \
     --plugin=protoc-gen-swagger="$tmp/plugin" \
-    --swagger_out=allow_merge=true,merge_file_name=trainforge,json_names_for_fields=false:"$tmp" "${PROTOS[@]}"
-  "$PY" scripts/finish_openapi.py "$tmp/trainforge.swagger.json" gateway/openapi.json
+    --swagger_out=json_names_for_fields=false:"$tmp" "${PROTOS[@]}"
+  # One document per file, merged here: the generator's own merge keeps method comments of the
+  # first file only.
+  "$PY" scripts/finish_openapi.py gateway/openapi.json "$tmp"/trainforge/v1/*.swagger.json
   "$PY" scripts/render_api_docs.py gateway/openapi.json gateway/docs.html
   rm -rf "$tmp"
 else

@@ -52,7 +52,13 @@ from trainforge.core.db.pool import open_pool  # noqa: E402
 from trainforge.core.errors import InvalidArgument, TrainforgeError  # noqa: E402
 from trainforge.core.settings import Settings, load_settings  # noqa: E402
 from trainforge.server.observability import configure_logging  # noqa: E402
-from trainforge.server.service import Endpoints, Service, embedded_postgres_dir, mask_password  # noqa: E402
+from trainforge.server.service import (  # noqa: E402
+    Endpoints,
+    Service,
+    embedded_cluster_lock,
+    embedded_postgres_dir,
+    mask_password,
+)
 from trainforge.v1 import registry_pb2, registry_pb2_grpc  # noqa: E402
 
 # Locals stay out of tracebacks: they would print DSNs with passwords.
@@ -74,7 +80,8 @@ RPC_TIMEOUT_S = 30.0
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", exists=True, dir_okay=False,
                                                 help="Settings YAML (see configs/server.yaml).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ~/.local/share/trainforge).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir",
+                                                 help="Data directory (default ~/.local/share/trainforge).")]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="TRAINFORGE_SERVER", help="gRPC address, host:port.")]
 ApiKeyOpt = Annotated[str, typer.Option("--api-key", envvar="TRAINFORGE_API_KEY", show_default=False,
                                         help="API key (tf_...), sent as `authorization: Bearer`.")]
@@ -351,7 +358,7 @@ def db_upgrade(
             where = mask_password(settings.database_url)
             migrate.upgrade(settings.database_url)
         else:
-            with EmbeddedPostgres(embedded_postgres_dir(settings)) as cluster:
+            with embedded_cluster_lock(settings), EmbeddedPostgres(embedded_postgres_dir(settings)) as cluster:
                 where = f"embedded PostgreSQL at {cluster.data_dir}"
                 migrate.upgrade(cluster.dsn)
     except TrainforgeError as exc:

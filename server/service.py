@@ -6,9 +6,12 @@ scripted REST session. Both go through `Service.run`, so the demo exercises what
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -18,7 +21,7 @@ from psycopg import conninfo
 
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
-from trainforge.core.errors import Unavailable
+from trainforge.core.errors import FailedPrecondition, Unavailable
 from trainforge.core.settings import Settings
 from trainforge.server.envoy_process import EnvoyGateway
 from trainforge.server.runner import serve_until
@@ -51,6 +54,31 @@ class Endpoints:
 
 def embedded_postgres_dir(settings: Settings) -> Path:
     return settings.data_dir / "postgres"
+
+
+@contextmanager
+def embedded_cluster_lock(settings: Settings) -> Iterator[None]:
+    """Holds data_dir/.trainforge.lock while a process uses the embedded cluster.
+
+    EmbeddedPostgres restarts a cluster it finds running, which is right after a crash (the
+    cluster outlives a killed trainforge in its own session) and wrong when another live
+    `serve`, `demo` or `db upgrade` owns it: that one would lose its database. The kernel drops an
+    flock when its holder dies, so a crash leaves nothing to clean up.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / ".trainforge.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FailedPrecondition(
+                f"another trainforge process is using the embedded database in {settings.data_dir} "
+                f"(it holds {path}); stop it or pass another --data-dir",
+                reason="DATA_DIR_IN_USE", metadata={"data_dir": str(settings.data_dir)}) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def mask_password(dsn: str) -> str:
@@ -92,17 +120,17 @@ class Service:
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[Endpoints], None] | None = None) -> None:
         settings = self.settings
-        cluster: EmbeddedPostgres | None = None
-        grpc_task: asyncio.Task[None] | None = None
-        grpc_stop = asyncio.Event()
-        envoy: EnvoyGateway | None = None
-        metrics_server = None
-        try:
+        # Each part registers its stop as it starts; the stack unwinds in reverse order on every
+        # exit path: no new HTTP traffic first, then gRPC drains (serve_until stops the server with
+        # its grace period and closes the pool), then the database goes.
+        async with AsyncExitStack() as stack:
             if settings.database_url:
                 dsn = settings.database_url
                 database = mask_password(dsn)
             else:
+                stack.enter_context(embedded_cluster_lock(settings))
                 cluster = EmbeddedPostgres(embedded_postgres_dir(settings))
+                stack.push_async_callback(asyncio.to_thread, cluster.stop)  # a no-op if it never started
                 dsn = await asyncio.to_thread(cluster.start)
                 database = f"embedded PostgreSQL at {cluster.data_dir} (127.0.0.1:{cluster.port})"
             if stop.is_set():
@@ -111,7 +139,9 @@ class Service:
             if stop.is_set():
                 return
 
+            grpc_stop = asyncio.Event()
             grpc_task, grpc_port = await self._start_grpc(dsn, grpc_stop)
+            stack.push_async_callback(_stop_grpc, grpc_task, grpc_stop)
             if stop.is_set():
                 return
 
@@ -120,6 +150,7 @@ class Service:
                                  http_address=settings.http_host, http_port=settings.http_port,
                                  admin_port=settings.envoy_admin_port,
                                  max_request_bytes=settings.max_request_bytes)
+            stack.push_async_callback(asyncio.to_thread, envoy.stop)
             await asyncio.to_thread(envoy.start)
 
             metrics_url = None
@@ -129,6 +160,8 @@ class Service:
                 except OSError as exc:
                     raise Unavailable(f"could not serve metrics on 127.0.0.1:{settings.metrics_port}: {exc}",
                                       reason="METRICS_PORT_UNAVAILABLE") from None
+                stack.callback(metrics_server.server_close)
+                stack.callback(metrics_server.shutdown)
                 metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
             endpoints = Endpoints(grpc_address=f"{settings.grpc_host}:{grpc_port}", http_url=envoy.url,
@@ -144,21 +177,6 @@ class Service:
             if grpc_task.done() and not stop.is_set():
                 grpc_task.result()  # raises what stopped it
                 raise Unavailable("the gRPC server stopped unexpectedly")
-        finally:
-            # Reverse order: no new HTTP traffic first, then drain gRPC (serve_until stops the
-            # server with its grace period and closes the pool), then the database goes.
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
-            if envoy is not None:
-                await asyncio.to_thread(envoy.stop)
-            try:
-                if grpc_task is not None:
-                    grpc_stop.set()
-                    await grpc_task
-            finally:
-                if cluster is not None:
-                    await asyncio.to_thread(cluster.stop)
 
     async def _start_grpc(self, dsn: str, grpc_stop: asyncio.Event) -> tuple[asyncio.Task[None], int]:
         """Starts serve_until in a task; returns it with the bound port once the server listens."""
@@ -183,4 +201,9 @@ class Service:
         raise Unavailable("the gRPC server ended before it was ready")
 
 
-__all__ = ["Endpoints", "Service", "embedded_postgres_dir", "mask_password"]
+async def _stop_grpc(task: asyncio.Task[None], grpc_stop: asyncio.Event) -> None:
+    grpc_stop.set()
+    await task
+
+
+__all__ = ["Endpoints", "Service", "embedded_cluster_lock", "embedded_postgres_dir", "mask_password"]
