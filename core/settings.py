@@ -48,6 +48,14 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # Off only on purpose, and then every listener must be on loopback (checked below).
     auth_enabled: bool = True
+    # Queued or running jobs one API key may have at once.
+    max_active_jobs_per_key: int = Field(4, ge=0, le=10_000)
+    # Largest training data file a job may read: 10 GiB.
+    max_dataset_bytes: int = Field(10 * 2**30, ge=1)
+    # In-process training workers started by `trainforge serve` (0: run `trainforge worker` elsewhere).
+    workers: int = Field(1, ge=0, le=64)
+    # A job whose worker has not renewed its lease for this long is claimed by another worker.
+    job_lease_seconds: float = Field(30.0, gt=0)
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -14,12 +14,15 @@ from psycopg_pool import AsyncConnectionPool
 from trainforge.core.access.audit import AuditLog
 from trainforge.core.access.keys import KeyStore
 from trainforge.core.db.pool import open_pool
+from trainforge.core.jobs.spec import JobSpecPreparer
+from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.artifacts import ArtifactStore
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings
 from trainforge.server.auth import Authorizer
 from trainforge.server.deploy_service import DeployService
 from trainforge.server.interceptors import RpcInterceptor
+from trainforge.server.job_events import JobEventBroker
 from trainforge.server.registry_service import RegistryService
 from trainforge.server.training_service import TrainingService
 from trainforge.v1 import deploy_pb2, deploy_pb2_grpc, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
@@ -40,8 +43,12 @@ class Deps:
     keys: KeyStore
     audit: AuditLog
     authorizer: Authorizer
+    jobs: JobStore
+    broker: JobEventBroker
+    preparer: JobSpecPreparer
 
     async def close(self) -> None:
+        await self.broker.close()
         await self.authorizer.close()
         await self.pool.close()
 
@@ -53,7 +60,11 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
     keys, audit = KeyStore(pool), AuditLog(pool)
     authorizer = Authorizer(keys, audit, enabled=settings.auth_enabled)
     await authorizer.start(dsn)
-    return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer)
+    broker = JobEventBroker(dsn)
+    await broker.start()
+    return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer,
+                jobs=JobStore(pool, max_active_per_key=settings.max_active_jobs_per_key), broker=broker,
+                preparer=JobSpecPreparer(settings.data_dir_root, settings.models_dir, settings.max_dataset_bytes))
 
 
 async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int]:
@@ -65,7 +76,8 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
             ("grpc.so_reuseport", 0),
         ],
     )
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingService(deps.registry, time.monotonic()), server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, started=time.monotonic()), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry), server)
     deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
 

@@ -7,6 +7,7 @@ field, so the URL is not evidence of anything."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
@@ -34,6 +35,13 @@ class Principal:
 
 ANONYMOUS_PRINCIPAL = Principal("-", ANONYMOUS)
 AUTH_DISABLED = Principal("auth-disabled", "admin")
+
+# The caller of the RPC being handled; set by the interceptor, read by servicers (job ownership).
+principal_var: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS_PRINCIPAL)
+
+
+def current_principal() -> Principal:
+    return principal_var.get()
 
 
 def bearer_token(metadata) -> str:

@@ -578,18 +578,21 @@ class _RestDemo:
         except OSError as exc:
             reply = _Reply(0, f"request failed: {exc}")
         problem = None if reply.status == expect else f"expected HTTP {expect}"
-        if problem is None and check is not None:
-            problem = check(reply.body)
+        shown: RenderableType | None = None
+        if problem is None:
+            try:
+                problem = check(reply.body) if check else None
+                shown = show(reply.body)
+            except (AttributeError, KeyError, TypeError, ValueError, json_format.ParseError) as exc:
+                problem = f"unexpected response body ({type(exc).__name__}: {exc})"
         parts: list[RenderableType] = [Text(f"{method} {path}" + ("  (no API key)" if anonymous else ""), style="bold")]
         if body is not None:
             parts.append(Text(json.dumps(body, separators=(",", ":")), style="dim", overflow="fold"))
         status_style = "red" if problem else "green"
         parts.append(Text(f"→ HTTP {reply.status}" + (f"  ✗ {problem}" if problem else "  ✓"), style=status_style))
-        if reply.status == expect and isinstance(reply.body, dict):
-            shown = show(reply.body)
-            if shown is not None:
-                parts += [Text(""), shown]
-        else:
+        if shown is not None:
+            parts += [Text(""), shown]
+        elif problem:
             parts.append(Text(str(reply.body)[:600], overflow="fold"))
         console.print(Panel(Group(*parts), title=f"{self.steps}. {title}", title_align="left",
                             border_style="red" if problem else "blue"))

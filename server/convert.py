@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.rpc import status_pb2
 
 from trainforge.core.registry import models as domain
 from trainforge.v1 import registry_pb2 as pb
+from trainforge.v1 import training_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -145,3 +147,46 @@ def registry_health(h: domain.RegistryHealth) -> pb.RegistryHealth:
                              model_count=h.model_count, version_count=h.version_count,
                              artifact_bytes=h.artifact_bytes, artifact_store_ok=h.artifact_store_ok)
 
+
+
+# -- training ---------------------------------------------------------------------------------
+_METRIC_FIELDS = ("train_loss", "eval_loss", "learning_rate", "tokens_per_sec", "grad_norm")
+_PROGRESS_FIELDS = ("current_epoch", "total_epochs", "current_step", "total_steps", "percent", "estimated_remaining")
+
+
+def job_metrics(values: dict) -> training_pb2.JobMetrics:
+    known = {k: float(values[k]) for k in _METRIC_FIELDS if k in values}
+    extra = {k: float(v) for k, v in values.items() if k not in _METRIC_FIELDS and isinstance(v, (int, float))}
+    return training_pb2.JobMetrics(**known, extra=extra)
+
+
+def progress(values: dict) -> training_pb2.Progress:
+    return training_pb2.Progress(**{k: values[k] for k in _PROGRESS_FIELDS if k in values})
+
+
+def job(j) -> training_pb2.Job:
+    spec = training_pb2.JobSpec()
+    json_format.ParseDict(j.spec, spec, ignore_unknown_fields=True)
+    error = None
+    if j.error:
+        error = status_pb2.Status(code=int(j.error.get("code", 13)), message=j.error.get("message", ""))
+    resources = training_pb2.ResourceUsage(**{k: float(v) for k, v in (j.resources or {}).items()
+                                              if k in training_pb2.ResourceUsage.DESCRIPTOR.fields_by_name})
+    return training_pb2.Job(
+        job_id=j.job_id, spec=spec, status=training_pb2.JobState.Value("JOB_STATE_" + j.state),
+        progress=progress(j.progress or {}), metrics=job_metrics(j.metrics or {}), resources=resources,
+        error=error, result_model_version_id=j.result_model_version_id, attempt=j.attempt,
+        create_time=timestamp(j.create_time), start_time=timestamp(j.start_time), end_time=timestamp(j.end_time))
+
+
+def job_event(e) -> training_pb2.JobEvent:
+    return training_pb2.JobEvent(
+        job_id=e.job_id, sequence=e.sequence, type=training_pb2.JobEventType.Value("JOB_EVENT_TYPE_" + e.type),
+        create_time=timestamp(e.create_time), status=training_pb2.JobState.Value("JOB_STATE_" + e.state),
+        message=e.message, progress=progress(e.progress or {}), metrics=job_metrics(e.metrics or {}))
+
+
+def checkpoint(c) -> training_pb2.Checkpoint:
+    return training_pb2.Checkpoint(job_id=c.job_id, step=c.step, epoch=c.epoch, path=c.path, size_bytes=c.size_bytes,
+                                   metrics={k: float(v) for k, v in c.metrics.items()}, is_best=c.is_best,
+                                   create_time=timestamp(c.create_time))

@@ -14,7 +14,7 @@ import grpc
 from grpc import aio
 
 from trainforge.core.errors import PermissionDenied, TrainforgeError, Unauthenticated
-from trainforge.server.auth import Authorizer, Principal, denied_principal
+from trainforge.server.auth import Authorizer, Principal, denied_principal, principal_var
 from trainforge.server.errors import code_for, to_status
 from trainforge.server.observability import RPC_LATENCY, RPC_REQUESTS, request_id_var
 
@@ -49,6 +49,7 @@ class _Call:
     async def authorize(self) -> None:
         if self.authorizer is not None:
             self.principal, self.rule = await self.authorizer.identify(self.method, self.metadata)
+            principal_var.set(self.principal)
             self.authorizer.check(self.principal, self.rule, self.method)
 
     async def begin(self) -> None:

@@ -211,12 +211,16 @@ class RegistryStore:
         )
 
     # -- models ------------------------------------------------------------------------------
-    async def register(self, new: NewVersion) -> ModelVersion:
+    async def register(self, new: NewVersion, *, artifacts_dir: Path | None = None) -> ModelVersion:
+        """Registers `new`. Its artifacts come from `new.source`, a user path confined to the models
+        root, or from `artifacts_dir`, a folder trainforge itself wrote (a job's output)."""
         check.check_new_version(new)
         files: list[ArtifactFile] = []
         source = ""
-        if new.source:
+        folder = artifacts_dir
+        if folder is None and new.source:
             folder = confine(self.models_root, new.source, "source", kind="dir")
+        if folder is not None:
             # Blobs are content-addressed, so copying them before the transaction can only leave an
             # unreferenced blob behind on failure, never a half-registered version.
             files = await asyncio.to_thread(self.artifacts.put_tree, folder)

@@ -130,19 +130,7 @@ def test_versions_history_usage_and_health_paths(rest):
 
 
 @pytest.mark.parametrize("method,path,body", [
-    ("POST", "/api/training/jobs", SEED_JOB),
-    ("GET", "/api/training/jobs", None),
-    ("GET", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000", None),
-    ("POST", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/start", None),
-    ("POST", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/cancel", None),
-    ("POST", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/pause", None),
-    ("POST", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/resume", None),
-    ("GET", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/events", None),
-    ("GET", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/events/history", None),
-    ("GET", "/api/training/jobs/0d9f3a4e-0000-4000-8000-000000000000/checkpoints", None),
     ("POST", "/api/training/synthetic-data", SEED_SYNTHETIC),
-    ("POST", "/api/training/evaluate/custom_conversational_model", {"data_path": "eval.jsonl"}),
-    ("GET", "/api/training/statistics", None),
     ("POST", "/api/training/deploy/0d9f3a4e-0000-4000-8000-000000000000", SEED_DEPLOY),
     ("GET", "/api/training/deploy/-", None),
     ("GET", "/api/training/deploy/v/deployments/d", None),

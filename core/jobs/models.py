@@ -1,0 +1,75 @@
+"""Job domain objects and the state machine's vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+PENDING, QUEUED, RUNNING, PAUSED = "PENDING", "QUEUED", "RUNNING", "PAUSED"
+SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+STATES = (PENDING, QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+# Event types (JobEventType without its prefix).
+STATE_CHANGED, PROGRESS, EVALUATION, CHECKPOINT, LOG, ERROR = (
+    "STATE_CHANGED", "PROGRESS", "EVALUATION", "CHECKPOINT", "LOG", "ERROR")
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    name: str
+    spec: dict[str, Any]
+    state: str
+    owner_key_id: str
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    resources: dict[str, Any]
+    error: dict[str, Any] | None
+    result_model_version_id: str
+    attempt: int
+    worker_id: str
+    cancel_requested: bool
+    pause_requested: bool
+    last_checkpoint: str
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    sequence: int
+    type: str
+    state: str
+    message: str
+    progress: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    job_id: str
+    step: int
+    epoch: int
+    path: str
+    size_bytes: int
+    metrics: dict[str, float]
+    is_best: bool
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Statistics:
+    total_jobs: int
+    jobs_by_state: dict[str, int]
+    success_rate: float
+    average_training_seconds: float
+    p50_training_seconds: float

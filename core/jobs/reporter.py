@@ -1,0 +1,109 @@
+"""The training process's line to Postgres: progress, evaluations and checkpoints become job events
+(and update the job row), and `should_stop` reads the cancel and pause flags. Every write is
+fenced by the attempt number, so a process left over from a worker that lost its lease finds out
+on its next report and stops instead of writing over the new attempt."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from trainforge.core.jobs import models as m
+from trainforge.core.jobs.store import APPEND_EVENT_SQL, NOTIFY_CHANNEL
+
+PROGRESS_EVERY_SECONDS = 1.0  # progress events are rate-limited; evaluations and checkpoints never are
+CHECK_FLAGS_EVERY_SECONDS = 1.0
+
+
+class LeaseLost(RuntimeError):
+    """Another worker owns the job now."""
+
+
+class PostgresReporter:
+    def __init__(self, job_id: str = "", dsn: str = "", attempt: int | None = None):
+        self.job_id = job_id or os.environ["TRAINFORGE_JOB_ID"]
+        self.attempt = attempt if attempt is not None else int(os.environ["TRAINFORGE_JOB_ATTEMPT"])
+        self.conn = psycopg.connect(dsn or os.environ["TRAINFORGE_DATABASE_URL"], autocommit=True)
+        self.started = time.monotonic()
+        self.start_step: int | None = None
+        self._last_progress = 0.0
+        self._last_flags = 0.0
+        self._flags: str | None = None
+
+    def _event(self, type_: str, message: str = "", progress: dict | None = None, metrics: dict | None = None) -> None:
+        with self.conn.transaction():
+            row = self.conn.execute(APPEND_EVENT_SQL, {
+                "job_id": self.job_id, "attempt": self.attempt, "type": type_, "message": message,
+                "progress": Jsonb(progress or {}), "metrics": Jsonb(metrics or {})}).fetchone()
+            if row is None:
+                raise LeaseLost(f"job {self.job_id} attempt {self.attempt} no longer owns the job")
+            self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{self.job_id}:{row[0]}"))
+
+    def _update(self, assignments: str, params: tuple) -> None:
+        cur = self.conn.execute(f"UPDATE jobs SET {assignments}, update_time = now() WHERE id = %s AND attempt = %s",
+                                (*params, self.job_id, self.attempt))
+        if cur.rowcount == 0:
+            raise LeaseLost(f"job {self.job_id} attempt {self.attempt} no longer owns the job")
+
+    def progress(self, step: int, total_steps: int, epoch: int, total_epochs: int, metrics: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.start_step is None:
+            self.start_step = step - 1
+        done = step - self.start_step
+        remaining_ms = (now - self.started) / done * (total_steps - step) * 1000 if done > 0 else 0.0
+        progress = {"current_epoch": epoch, "total_epochs": total_epochs, "current_step": step,
+                    "total_steps": total_steps, "percent": round(100.0 * step / total_steps, 2) if total_steps else 0.0,
+                    "estimated_remaining": round(remaining_ms, 1)}
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._update("progress = %s, metrics = metrics || %s", (Jsonb(progress), Jsonb(clean)))
+        if now - self._last_progress >= PROGRESS_EVERY_SECONDS or step >= total_steps:
+            self._last_progress = now
+            self._event(m.PROGRESS, f"step {step}/{total_steps}", progress, clean)
+
+    def evaluation(self, step: int, metrics: dict[str, Any]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._update("metrics = metrics || %s", (Jsonb(clean),))
+        self._event(m.EVALUATION, f"evaluation at step {step}", metrics=clean)
+
+    def checkpoint(self, step: int, epoch: int, path: str, metrics: dict[str, Any], is_best: bool) -> None:
+        size = sum(f.stat().st_size for f in _walk(path))
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO job_checkpoints (job_id, step, epoch, path, size_bytes, metrics, is_best) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, step) DO UPDATE SET path = EXCLUDED.path, "
+                "size_bytes = EXCLUDED.size_bytes, metrics = EXCLUDED.metrics, is_best = EXCLUDED.is_best",
+                (self.job_id, step, epoch, str(path), size, Jsonb(clean), is_best))
+            self._update("last_checkpoint = %s", (str(path),))
+        self._event(m.CHECKPOINT, f"checkpoint at step {step}", metrics=clean)
+
+    def log(self, message: str) -> None:
+        self._event(m.LOG, message[:4000])
+
+    def should_stop(self) -> str | None:
+        now = time.monotonic()
+        if now - self._last_flags >= CHECK_FLAGS_EVERY_SECONDS:
+            self._last_flags = now
+            row = self.conn.execute("SELECT cancel_requested, pause_requested, attempt FROM jobs WHERE id = %s",
+                                    (self.job_id,)).fetchone()
+            if row is None or row[2] != self.attempt:
+                raise LeaseLost(f"job {self.job_id} attempt {self.attempt} no longer owns the job")
+            self._flags = "cancel" if row[0] else "pause" if row[1] else None
+        return self._flags
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _walk(path: str):
+    from pathlib import Path
+
+    root = Path(path)
+    if root.is_file():
+        yield root
+    elif root.exists():
+        yield from (p for p in root.rglob("*") if p.is_file())

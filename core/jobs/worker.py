@@ -1,0 +1,167 @@
+"""A worker claims jobs from Postgres, runs each in its own process group, keeps its lease alive
+with heartbeats, and records the outcome. Many workers, on many machines, can share one database:
+claims use SKIP LOCKED, and a job whose worker stopped heartbeating is claimed again after its
+lease expires and resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from trainforge.core.errors import AlreadyExists
+from trainforge.core.jobs import launch
+from trainforge.core.jobs import models as m
+from trainforge.core.jobs.resources import ProcessGroupSampler
+from trainforge.core.jobs.store import JobStore
+from trainforge.core.registry.models import Lineage, NewVersion
+from trainforge.core.registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    jobs_dir: Path
+    dsn: str
+    lease: timedelta = timedelta(seconds=30)
+    heartbeat_seconds: float = 5.0
+    poll_seconds: float = 1.0
+    # SIGTERM first, SIGKILL after this long: cancel must stop a job within 10 s.
+    stop_grace_seconds: float = 8.0
+
+
+def result_version(job_id: str) -> str:
+    """The registered version string of a job's model: stable across retries of the same job."""
+    return f"job-{job_id[:8]}"
+
+
+class Worker:
+    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, worker_id: str = ""):
+        self.jobs, self.registry, self.config = jobs, registry, config
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
+        while not stop.is_set():
+            job = await self.jobs.claim(self.worker_id, self.config.lease)
+            if job is None:
+                try:
+                    await asyncio.wait_for(stop.wait(), self.config.poll_seconds)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self.execute(job)
+            except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the worker
+                log.exception("job %s failed in the worker", job.job_id)
+                await self.jobs.finish(job.job_id, job.attempt, m.FAILED, f"worker error: {exc}",
+                                       error={"code": 13, "message": f"worker error: {exc}"})
+
+    async def execute(self, job: m.Job) -> None:
+        job_dir = self.config.jobs_dir / job.job_id
+        output_dir = job_dir / "output"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_path = job_dir / "config.json"
+        config_path.write_text(json.dumps(job.spec, indent=2))
+        resume = Path(job.last_checkpoint) if job.last_checkpoint and Path(job.last_checkpoint).exists() else None
+        plan = launch.build(job.spec, config_path=config_path, output_dir=output_dir, resume_from=resume,
+                            job_id=job.job_id, attempt=job.attempt, dsn=self.config.dsn,
+                            extensions_dir=self.config.jobs_dir / ".torch_extensions", master_port=_free_port())
+        log_path = job_dir / f"attempt-{job.attempt}.log"
+        with open(log_path, "ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                *launch.with_parent_death_signal(plan.argv), env=plan.env, stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        outcome = await self._supervise(job, process)
+        if outcome == "lost":
+            return  # another worker owns the job now; it records the outcome
+        rc = process.returncode
+        if outcome == "cancelled" or rc == launch.EXIT_CANCELLED:
+            await self.jobs.finish(job.job_id, job.attempt, m.CANCELLED, "cancelled; the last checkpoint is kept")
+        elif rc == launch.EXIT_PAUSED:
+            await self.jobs.finish(job.job_id, job.attempt, m.PAUSED, "paused after a checkpoint")
+        elif rc == launch.EXIT_OK:
+            version_id = await self._register(job, output_dir)
+            await self.jobs.finish(job.job_id, job.attempt, m.SUCCEEDED, f"succeeded; registered {version_id}",
+                                   result_model_version_id=version_id)
+        else:
+            message = _failure_message(output_dir, log_path, rc)
+            await self.jobs.finish(job.job_id, job.attempt, m.FAILED, message,
+                                   error={"code": 13, "message": message})
+
+    async def _supervise(self, job: m.Job, process: asyncio.subprocess.Process) -> str:
+        sampler = ProcessGroupSampler(process.pid)
+        while True:
+            try:
+                await asyncio.wait_for(process.wait(), self.config.heartbeat_seconds)
+                return "exited"
+            except TimeoutError:
+                pass
+            current = await self.jobs.heartbeat(job.job_id, job.attempt, self.config.lease, sampler.sample())
+            if current is None:
+                log.warning("lost the lease of job %s; stopping its processes", job.job_id)
+                await self._stop(process)
+                return "lost"
+            if current.cancel_requested:
+                await self._stop(process)
+                return "cancelled"
+
+    async def _stop(self, process: asyncio.subprocess.Process) -> None:
+        for sig, wait in ((signal.SIGTERM, self.config.stop_grace_seconds), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                await asyncio.wait_for(process.wait(), wait)
+                return
+            except TimeoutError:
+                continue
+
+    async def _register(self, job: m.Job, output_dir: Path) -> str:
+        result = json.loads((output_dir / "result.json").read_text())
+        spec = job.spec
+        new = NewVersion(
+            name=spec["name"], version=result_version(job.job_id),
+            description=f"fine-tuned by job {job.job_id} from {spec.get('model', '')}",
+            model_type=spec.get("model_type") or "fine_tuned",
+            parameter_count=int(result.get("parameter_count", 0)),
+            performance_metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()},
+            tags=tuple(spec.get("tags") or ()),
+            lineage=Lineage(base_model=spec.get("model", ""), dataset_digest=result.get("dataset_sha256", ""),
+                            job_id=job.job_id, config=spec),
+            changelog=f"trained by job {job.job_id}")
+        try:
+            version = await self.registry.register(new, artifacts_dir=output_dir / "model")
+        except AlreadyExists:
+            # A previous attempt registered it before its worker died: the same job's version is
+            # adopted, so a job never registers two versions.
+            version = await self.registry.get_version(new.name, new.version)
+            if version.lineage.job_id != job.job_id:
+                raise
+        return version.model_version_id
+
+
+def _failure_message(output_dir: Path, log_path: Path, rc: int | None) -> str:
+    error_file = output_dir / "error.json"
+    if error_file.exists():
+        try:
+            return json.loads(error_file.read_text()).get("message", "")[:2000]
+        except ValueError:
+            pass
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.exists() else []
+    return f"training exited with {rc}: " + " | ".join(tail)[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
