@@ -77,7 +77,8 @@ def test_models_commands_round_trip(server: str, cli, cli_json, tmp_path: Path):
 
     second = cli_json("models", "register", "--name", name, "--version", "2.0.0", "--model-type", "fine_tuned",
                       "--description", "more dialogue data", "--metric", "accuracy=0.93", "--metric", "f1_score=0.9",
-                      "--metric", "inference_latency_ms=120", "--tag", "chat", "--tag", "cli", "--server", server)["data"]
+                      "--metric", "inference_latency_ms=120", "--tag", "chat", "--tag", "cli",
+                      "--server", server)["data"]
     assert second["performance_metrics"] == {"accuracy": 0.93, "f1_score": 0.9, "inference_latency_ms": 120}
     assert second["tags"] == ["chat", "cli"]
 
