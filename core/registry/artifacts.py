@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 
 from trainforge.core.errors import DataLoss, FieldViolation, InvalidArgument
-from trainforge.core.registry.models import ArtifactFile
+from trainforge.core.registry.models import ArtifactFile, Manifest
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough that hashing runs at memory speed, small enough to stream
 MAX_FILES = 10_000
@@ -95,14 +96,9 @@ class ArtifactStore:
     def matches(self, sha256: str) -> bool | None:
         """True if the blob hashes to its name, False if it does not, None if it is missing."""
         path = self.blob_path(sha256)
-        try:
-            digest = hashlib.sha256()
-            with open(path, "rb") as reader:
-                while chunk := reader.read(CHUNK):
-                    digest.update(chunk)
-        except FileNotFoundError:
+        if not path.exists():
             return None
-        return digest.hexdigest() == sha256
+        return _file_sha256(path) == sha256
 
     async def read_verified(self, artifact: ArtifactFile, chunk_size: int = CHUNK) -> AsyncIterator[tuple[int, bytes]]:
         """Yields (offset, bytes) of a blob whose content was checked against its digest first:
@@ -119,6 +115,30 @@ class ArtifactStore:
             while chunk := reader.read(chunk_size):
                 yield offset, chunk
                 offset += len(chunk)
+
+    def materialize(self, manifest: Manifest, cache_root: Path) -> Path:
+        target = cache_root / manifest.manifest_digest
+        if target.is_dir():
+            if all(_file_sha256(target / f.path) == f.sha256 for f in manifest.files):
+                return target
+            shutil.rmtree(target)  # edited in place since: rebuild from the verified store
+        cache_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".staging-"))
+        try:
+            for f in manifest.files:
+                state = self.matches(f.sha256)
+                if state is not True:
+                    raise DataLoss(f"artifact {f.path!r} is {'missing from' if state is None else 'corrupt in'} "
+                                   "the store", metadata={"path": f.path, "sha256": f.sha256})
+                destination = staging / f.path
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                # A copy, not a hard link: editing the loaded folder must never alter the store.
+                shutil.copyfile(self.blob_path(f.sha256), destination)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "sha256").rglob("*") if p.is_file())
@@ -155,3 +175,14 @@ class BlobWriter:
         if not self._file.closed:
             self._file.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as reader:
+            while chunk := reader.read(CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()

@@ -661,6 +661,16 @@ class RegistryStore:
                 return self.artifacts.read_verified(f)
         raise NotFound(f"version {version!r} of {ref!r} has no artifact {path!r}", metadata={"path": path})
 
+    async def materialize(self, ref: str, version: str, cache_root: Path) -> Path:
+        """The version's files as an ordinary folder (for loading, evaluating, deploying), under
+        `cache_root/<manifest digest>`. Every file is checked against its sha256 on each call, so a
+        load never reads bytes the manifest does not vouch for."""
+        manifest = await self.manifest(ref, version)
+        if not manifest.files:
+            raise FailedPrecondition(f"version {version!r} of {ref!r} has no artifacts to load",
+                                     reason="NO_ARTIFACTS")
+        return await asyncio.to_thread(self.artifacts.materialize, manifest, cache_root)
+
     async def verify(self, ref: str, version: str) -> Verification:
         manifest = await self.manifest(ref, version)
         states = await asyncio.to_thread(lambda: [(f.path, self.artifacts.matches(f.sha256)) for f in manifest.files])
