@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from trainforge.core.access.audit import AuditLog
 from trainforge.core.access.keys import KeyStore
 from trainforge.core.db.pool import open_pool
+from trainforge.core.jobs.evaluation import ModelEvaluator
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.artifacts import ArtifactStore
@@ -76,8 +77,10 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
             ("grpc.so_reuseport", 0),
         ],
     )
+    evaluator = ModelEvaluator(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry")
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, started=time.monotonic()), server)
+        TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, evaluator, started=time.monotonic()),
+        server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry), server)
     deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
 

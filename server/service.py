@@ -1,7 +1,11 @@
 """The whole service as one unit: database (the embedded cluster or DATABASE_URL), migrations, the
-gRPC server, the Envoy gateway and the Prometheus endpoint, started in that order and stopped in
-the reverse one. `trainforge serve` runs it until a signal; `trainforge demo` runs it around a
-scripted REST session. Both go through `Service.run`, so the demo exercises what serve starts."""
+gRPC server, the Envoy gateway, the Prometheus endpoint and the in-process training workers,
+started in that order and stopped in the reverse one. `trainforge serve` runs it until a signal;
+`trainforge demo` runs it around a scripted REST session. Both go through `Service.run`, so the
+demo exercises what serve starts.
+
+Also here, for the commands that use the database without serving (`db upgrade`, `keys`, `audit`,
+`worker`): `open_database`, which finds the database the same way `Service.run` does."""
 
 from __future__ import annotations
 
@@ -11,20 +15,27 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import prometheus_client
+import psycopg
+from grpc import aio
 from psycopg import conninfo
 
+from trainforge.core.access.keys import KeyStore
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
 from trainforge.core.errors import FailedPrecondition, Unavailable
+from trainforge.core.jobs.store import JobStore
+from trainforge.core.jobs.worker import Worker, WorkerConfig
+from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings
+from trainforge.server.app import Deps, create_server, open_deps, stop_server
 from trainforge.server.envoy_process import EnvoyGateway
-from trainforge.server.runner import serve_until
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,11 @@ class Endpoints:
     database: str  # for people: the embedded cluster's directory, or the URL with its password masked
     # For in-process callers (the demo mints its API key with it); never printed.
     dsn: str = field(default="", repr=False)
+    auth_enabled: bool = True
+    workers: int = 0  # in-process training workers
+    # The first admin key, made at this start because the database had no key; shown once, by
+    # `trainforge serve`'s ready panel. Empty on every later start.
+    bootstrap_token: str = field(default="", repr=False)
 
     @property
     def rest_url(self) -> str:
@@ -107,22 +123,174 @@ def mask_password(dsn: str) -> str:
     return masked
 
 
+@dataclass(frozen=True)
+class Database:
+    """A database a command can connect to."""
+
+    dsn: str = field(repr=False)  # may hold a password: never printed
+    where: str  # for people
+
+
+@contextmanager
+def open_database(settings: Settings, *, share_running: bool = False, start_embedded: bool = True) -> Iterator[Database]:
+    """The database `settings` name, for a command that uses it without serving: DATABASE_URL as
+    is, else the embedded cluster under data_dir, started for the duration and stopped afterwards.
+
+    When another trainforge process holds the data directory (embedded_cluster_lock), its cluster
+    is running and must not be restarted: `EmbeddedPostgres.start` would stop and restart it on a
+    new port under the live server. With `share_running` the command connects to that cluster
+    instead, at the port in its postmaster.pid, once PostgreSQL reports it ready there. This never
+    starts, stops or reconfigures a cluster another process owns; if the owner stops it meanwhile,
+    the command fails with a connection error (each statement it runs is atomic, so nothing is half
+    done). Without `share_running` (`db upgrade`: migrations under a live server are not safe) a
+    held data directory fails as before. With `start_embedded` false a cluster nobody runs is not
+    started either (`trainforge worker` must not take the data directory from `serve`).
+    """
+    if settings.database_url:
+        yield Database(settings.database_url, mask_password(settings.database_url))
+        return
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(embedded_cluster_lock(settings))
+            in_use = False
+        except FailedPrecondition as exc:
+            if not share_running or exc.reason != "DATA_DIR_IN_USE":
+                raise
+            in_use = True
+        if in_use:
+            database = _running_cluster(settings)
+        elif not start_embedded:
+            raise FailedPrecondition(
+                f"no database: DATABASE_URL (or --database-url) is not set and no trainforge server is running "
+                f"on {settings.data_dir} whose embedded database could be shared",
+                reason="NO_DATABASE", metadata={"data_dir": str(settings.data_dir)})
+        else:
+            cluster = stack.enter_context(EmbeddedPostgres(embedded_postgres_dir(settings)))
+            database = Database(cluster.dsn, f"embedded PostgreSQL at {cluster.data_dir}")
+        yield database
+
+
+def _running_cluster(settings: Settings) -> Database:
+    """The embedded cluster another live trainforge process runs, read from its postmaster.pid
+    (line 4: port, line 8: status, PostgreSQL's own format since 10)."""
+    cluster = EmbeddedPostgres(embedded_postgres_dir(settings))
+    not_ready = Unavailable(
+        f"another trainforge process holds {settings.data_dir} but its database is not running now (it is "
+        "starting or stopping); try again in a moment", reason="EMBEDDED_DATABASE_NOT_READY",
+        metadata={"data_dir": str(settings.data_dir)})
+    try:
+        lines = (cluster.data_dir / "postmaster.pid").read_text().splitlines()
+        port = int(lines[3])
+        status = lines[7].strip() if len(lines) > 7 else ""
+    except (OSError, IndexError, ValueError):
+        raise not_ready from None
+    if status != "ready":
+        raise not_ready
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/{quote(cluster.database, safe='')}"
+    return Database(dsn, f"embedded PostgreSQL at {cluster.data_dir} (shared with the running server)")
+
+
+BOOTSTRAP_OWNER = "bootstrap-admin"
+# pg_advisory_lock key: "tfbootst" read as a big-endian int64. Any constant works; it must only
+# differ from the other advisory locks (jobs use hashtext(), a 32-bit range).
+_BOOTSTRAP_LOCK = int.from_bytes(b"tfbootst", "big") & (2**63 - 1)
+
+
+async def ensure_bootstrap_admin_key(dsn: str, keys: KeyStore) -> str:
+    """Creates an admin key when the database has no API key at all (a new data directory, or an
+    empty DATABASE_URL) and returns its token; returns "" when keys exist. Two servers starting on
+    one empty database serialise on an advisory lock, so only one of them makes the key."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_BOOTSTRAP_LOCK,))
+        try:
+            if await keys.count():
+                return ""
+            new = await keys.create(BOOTSTRAP_OWNER, "admin",
+                                    description="made by `trainforge serve` for a database without API keys")
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_BOOTSTRAP_LOCK,))
+    log.info("created the first admin API key", extra={"fields": {"key_id": new.key.key_id}})
+    return new.token
+
+
+WORKER_RESTART_SECONDS = 5.0
+# Idle workers stop at once (they wait on the stop event); one that is supervising a job does not
+# look at the event until the job ends, so after this long it is cancelled instead (see stop()).
+WORKER_STOP_GRACE_SECONDS = 3.0
+
+
+def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
+    lease = timedelta(seconds=settings.job_lease_seconds)
+    # Three heartbeats per lease, so one slow heartbeat never lets a live job's lease lapse.
+    # model_cache: the folder the server's evaluator uses too (server.app), so a base model is
+    # materialised once per data directory.
+    return WorkerConfig(jobs_dir=settings.data_dir / "jobs", dsn=dsn, lease=lease,
+                        heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
+                        model_cache=settings.data_dir / "model-cache")
+
+
+class WorkerGroup:
+    """Training workers (trainforge.core.jobs.worker) as asyncio tasks of this process, sharing one
+    stop event. `serve` runs `settings.workers` of them next to the gRPC server; `trainforge
+    worker` runs them alone. A worker whose loop fails (the database went away) is restarted after
+    a pause rather than leaving the group a worker short."""
+
+    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int):
+        self.workers = [Worker(jobs, registry, config) for _ in range(count)]
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._supervise(w), name=f"trainforge-worker-{i}")
+                       for i, w in enumerate(self.workers)]
+
+    async def _supervise(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            try:
+                await worker.run(self._stop)
+            except Exception:  # noqa: BLE001 - logged; the worker starts again
+                log.exception("worker %s failed; restarting it in %.0f s", worker.worker_id, WORKER_RESTART_SECONDS)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), WORKER_RESTART_SECONDS)
+                except TimeoutError:
+                    pass
+
+    async def stop(self, grace: float = WORKER_STOP_GRACE_SECONDS) -> None:
+        """Stops every worker. A worker still running a job after `grace` is cancelled: its job
+        stays RUNNING until its lease expires (job_lease_seconds), then another worker claims it and
+        resumes it from its last checkpoint, as after a crash. The job's processes get SIGTERM when
+        this process exits (setpriv --pdeathsig in core.jobs.launch)."""
+        self._stop.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        if pending:
+            log.warning("%d worker(s) still running a job at shutdown; the job(s) resume under another worker "
+                        "once their lease expires", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._tasks = []
+
+
 class Service:
     """Starts everything `settings` describes; `run` returns once `stop` is set and all is down.
 
     Blocking steps (initdb/pg_ctl, Alembic, waiting for Envoy) run in worker threads so the event
-    loop keeps serving gRPC and handling signals meanwhile.
+    loop keeps serving gRPC and handling signals meanwhile. `bootstrap_admin_key`: make a first
+    admin key when the database has none (`serve`; the demo mints its own).
     """
 
-    def __init__(self, settings: Settings, *, grpc_grace: float = 5.0):
+    def __init__(self, settings: Settings, *, grpc_grace: float = 5.0, bootstrap_admin_key: bool = False):
         self.settings = settings
         self.grpc_grace = grpc_grace
+        self.bootstrap_admin_key = bootstrap_admin_key
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[Endpoints], None] | None = None) -> None:
         settings = self.settings
         # Each part registers its stop as it starts; the stack unwinds in reverse order on every
-        # exit path: no new HTTP traffic first, then gRPC drains (serve_until stops the server with
-        # its grace period and closes the pool), then the database goes.
+        # exit path: workers first, then no new HTTP traffic, then gRPC drains (with its grace
+        # period), then the pool closes, then the database goes.
         async with AsyncExitStack() as stack:
             if settings.database_url:
                 dsn = settings.database_url
@@ -139,9 +307,18 @@ class Service:
             if stop.is_set():
                 return
 
-            grpc_stop = asyncio.Event()
-            grpc_task, grpc_port = await self._start_grpc(dsn, grpc_stop)
-            stack.push_async_callback(_stop_grpc, grpc_task, grpc_stop)
+            deps = await open_deps(settings, dsn)
+            stack.push_async_callback(deps.close)
+            bootstrap_token = ""
+            if self.bootstrap_admin_key and settings.auth_enabled:
+                bootstrap_token = await ensure_bootstrap_admin_key(dsn, deps.keys)
+
+            server, grpc_port = await self._start_grpc(deps)
+            # Ends when the server stops; not cancelled (that would cancel grpc's own shutdown
+            # future, which server.stop() then awaits), but awaited once the server has stopped.
+            serving = asyncio.ensure_future(server.wait_for_termination())
+            stack.push_async_callback(asyncio.wait, {serving})
+            stack.push_async_callback(stop_server, server, self.grpc_grace)
             if stop.is_set():
                 return
 
@@ -164,46 +341,37 @@ class Service:
                 stack.callback(metrics_server.shutdown)
                 metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
+            if settings.workers:
+                workers = WorkerGroup(JobStore(deps.pool), deps.registry, worker_config(settings, dsn),
+                                      settings.workers)
+                workers.start()
+                stack.push_async_callback(workers.stop)
+
             endpoints = Endpoints(grpc_address=f"{settings.grpc_host}:{grpc_port}", http_url=envoy.url,
-                                  metrics_url=metrics_url, database=database, dsn=dsn)
-            log.info("trainforge ready", extra={"fields": {"grpc": endpoints.grpc_address, "http": envoy.url}})
+                                  metrics_url=metrics_url, database=database, dsn=dsn,
+                                  auth_enabled=settings.auth_enabled, workers=settings.workers,
+                                  bootstrap_token=bootstrap_token)
+            log.info("trainforge ready", extra={"fields": {"grpc": endpoints.grpc_address, "http": envoy.url,
+                                                           "workers": settings.workers}})
             if on_ready:
                 on_ready(endpoints)
 
             # Until asked to stop, or until the gRPC server ends on its own (which is a failure).
             stop_wait = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({stop_wait, grpc_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stop_wait, serving}, return_when=asyncio.FIRST_COMPLETED)
             stop_wait.cancel()
-            if grpc_task.done() and not stop.is_set():
-                grpc_task.result()  # raises what stopped it
+            if serving.done() and not stop.is_set():
                 raise Unavailable("the gRPC server stopped unexpectedly")
 
-    async def _start_grpc(self, dsn: str, grpc_stop: asyncio.Event) -> tuple[asyncio.Task[None], int]:
-        """Starts serve_until in a task; returns it with the bound port once the server listens."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[int] = loop.create_future()
-
-        def on_port(port: int) -> None:
-            if not ready.done():
-                ready.set_result(port)
-
-        task = asyncio.create_task(serve_until(self.settings, dsn, grpc_stop, on_port), name="trainforge-grpc")
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            return task, ready.result()
+    async def _start_grpc(self, deps: Deps) -> tuple[aio.Server, int]:
         try:
-            task.result()
+            return await create_server(self.settings, deps)
         except (OSError, RuntimeError) as exc:
             # grpc reports a taken port as RuntimeError("Failed to bind to address ...").
             address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
             raise Unavailable(f"the gRPC server could not start on {address}: {exc}",
                               reason="GRPC_PORT_UNAVAILABLE") from None
-        raise Unavailable("the gRPC server ended before it was ready")
 
 
-async def _stop_grpc(task: asyncio.Task[None], grpc_stop: asyncio.Event) -> None:
-    grpc_stop.set()
-    await task
-
-
-__all__ = ["Endpoints", "Service", "embedded_cluster_lock", "embedded_postgres_dir", "mask_password"]
+__all__ = ["BOOTSTRAP_OWNER", "Database", "Endpoints", "Service", "WorkerGroup", "embedded_cluster_lock",
+           "embedded_postgres_dir", "ensure_bootstrap_admin_key", "mask_password", "open_database", "worker_config"]

@@ -101,6 +101,9 @@ class AuditLog:
         before it (edited fields, a missing row, rows out of order) or a head that does not match."""
         expected_prev, expected_seq, checked = GENESIS, 1, 0
         async with self.pool.connection() as conn, conn.transaction():
+            # One snapshot for the rows and the head: a record appended meanwhile by a live server
+            # must not look like a row removed from the end.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             # A server-side cursor streams the log in batches: verifying never holds it all in memory.
             async with conn.cursor(name="audit_verify") as cur:
                 await cur.execute("SELECT * FROM audit_log ORDER BY seq")

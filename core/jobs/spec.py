@@ -16,6 +16,6 @@ class JobSpecPreparer:
         # Imported here: the config module pulls in the training stack's settings, not needed to serve.
         from trainforge.core.training import config
 
-        resolved = config.validate_config(config.from_dict(spec), self.data_root, self.models_root,
-                                          self.max_dataset_bytes)
+        # The raw dict, not from_dict(spec): malformed fields and a bad data path are reported together.
+        resolved = config.validate_config(spec, self.data_root, self.models_root, self.max_dataset_bytes)
         return config.to_dict(resolved)

@@ -254,6 +254,19 @@ class JobStore:
             row = await cur.fetchone()
         return _job(row) if row else None
 
+    async def release(self, job_id: str, attempt: int, message: str) -> bool:
+        """Hands a running job back to the queue (its worker is shutting down); the next claim
+        resumes it from its last checkpoint."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE jobs SET state = 'QUEUED', lease_expires = NULL, worker_id = NULL, queue_time = now(), "
+                "update_time = now() WHERE id = %s AND attempt = %s AND state = 'RUNNING' RETURNING id",
+                (job_id, attempt))
+            if await cur.fetchone() is None:
+                return False
+            await append_event(conn, job_id, m.STATE_CHANGED, message)
+        return True
+
     async def finish(self, job_id: str, attempt: int, state: str, message: str, *, error: dict | None = None,
                      result_model_version_id: str | None = None) -> bool:
         async with self.pool.connection() as conn, conn.transaction():

@@ -36,6 +36,8 @@ class WorkerConfig:
     poll_seconds: float = 1.0
     # SIGTERM first, SIGKILL after this long: cancel must stop a job within 10 s.
     stop_grace_seconds: float = 8.0
+    # Converted base models and materialised registry versions, shared by the jobs of this worker.
+    model_cache: Path | None = None
 
 
 def result_version(job_id: str) -> str:
@@ -59,30 +61,36 @@ class Worker:
                     pass
                 continue
             try:
-                await self.execute(job)
+                await self.execute(job, stop)
             except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the worker
                 log.exception("job %s failed in the worker", job.job_id)
                 await self.jobs.finish(job.job_id, job.attempt, m.FAILED, f"worker error: {exc}",
                                        error={"code": 13, "message": f"worker error: {exc}"})
 
-    async def execute(self, job: m.Job) -> None:
+    async def execute(self, job: m.Job, stop: asyncio.Event | None = None) -> None:
         job_dir = self.config.jobs_dir / job.job_id
         output_dir = job_dir / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         config_path = job_dir / "config.json"
-        config_path.write_text(json.dumps(job.spec, indent=2))
+        config_path.write_text(json.dumps(await self._resolve_base_model(job.spec), indent=2))
         resume = Path(job.last_checkpoint) if job.last_checkpoint and Path(job.last_checkpoint).exists() else None
         plan = launch.build(job.spec, config_path=config_path, output_dir=output_dir, resume_from=resume,
                             job_id=job.job_id, attempt=job.attempt, dsn=self.config.dsn,
                             extensions_dir=self.config.jobs_dir / ".torch_extensions", master_port=_free_port())
+        if self.config.model_cache is not None:
+            plan.env["TRAINFORGE_MODEL_CACHE"] = str(self.config.model_cache)
         log_path = job_dir / f"attempt-{job.attempt}.log"
         with open(log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *launch.with_parent_death_signal(plan.argv), env=plan.env, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        outcome = await self._supervise(job, process)
+        outcome = await self._supervise(job, process, stop or asyncio.Event())
         if outcome == "lost":
             return  # another worker owns the job now; it records the outcome
+        if outcome == "released":
+            await self.jobs.release(job.job_id, job.attempt,
+                                    f"worker {self.worker_id} shut down; queued again to resume from its checkpoint")
+            return
         rc = process.returncode
         if outcome == "cancelled" or rc == launch.EXIT_CANCELLED:
             await self.jobs.finish(job.job_id, job.attempt, m.CANCELLED, "cancelled; the last checkpoint is kept")
@@ -97,25 +105,49 @@ class Worker:
             await self.jobs.finish(job.job_id, job.attempt, m.FAILED, message,
                                    error={"code": 13, "message": message})
 
-    async def _supervise(self, job: m.Job, process: asyncio.subprocess.Process) -> str:
-        sampler = ProcessGroupSampler(process.pid)
-        while True:
-            try:
-                await asyncio.wait_for(process.wait(), self.config.heartbeat_seconds)
-                return "exited"
-            except TimeoutError:
-                pass
-            current = await self.jobs.heartbeat(job.job_id, job.attempt, self.config.lease, sampler.sample())
-            if current is None:
-                log.warning("lost the lease of job %s; stopping its processes", job.job_id)
-                await self._stop(process)
-                return "lost"
-            if current.cancel_requested:
-                await self._stop(process)
-                return "cancelled"
+    async def _resolve_base_model(self, spec: dict) -> dict:
+        """A registry reference as base model (`name:version`, `name@alias`) becomes a verified
+        folder the training process can load."""
+        resolved = dict(spec.get("resolved") or {})
+        if resolved.get("model_source") != "registry":
+            return spec
+        ref = spec["model"]
+        name, sep, selector = ref.rpartition("@") if "@" in ref else ref.rpartition(":")
+        cache = self.config.model_cache or (self.config.jobs_dir / ".registry-cache")
+        folder = await self.registry.materialize(name, selector, cache / "registry")
+        resolved["model_path"] = str(folder)
+        return {**spec, "resolved": resolved}
 
-    async def _stop(self, process: asyncio.subprocess.Process) -> None:
-        for sig, wait in ((signal.SIGTERM, self.config.stop_grace_seconds), (signal.SIGKILL, 5.0)):
+    async def _supervise(self, job: m.Job, process: asyncio.subprocess.Process, stop: asyncio.Event) -> str:
+        """Heartbeats until the job's processes exit. Returns "exited", "cancelled", "lost" (the
+        lease went to another worker) or "released" (this worker is shutting down)."""
+        sampler = ProcessGroupSampler(process.pid)
+        exited = asyncio.ensure_future(process.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                await asyncio.wait({exited, stopping}, timeout=self.config.heartbeat_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if exited.done():
+                    return "exited"
+                if stopping.done():
+                    await self._stop(process, grace=0.0)
+                    return "released"
+                current = await self.jobs.heartbeat(job.job_id, job.attempt, self.config.lease, sampler.sample())
+                if current is None:
+                    log.warning("lost the lease of job %s; stopping its processes", job.job_id)
+                    await self._stop(process)
+                    return "lost"
+                if current.cancel_requested:
+                    await self._stop(process)
+                    return "cancelled"
+        finally:
+            stopping.cancel()
+
+    async def _stop(self, process: asyncio.subprocess.Process, grace: float | None = None) -> None:
+        """SIGTERM to the whole group, SIGKILL after the grace period."""
+        grace = self.config.stop_grace_seconds if grace is None else grace
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:

@@ -178,7 +178,7 @@ def test_mask_password():
     assert mask_password("postgresql://app@db/tf") == "postgresql://app@db/tf"
 
 
-def _wide_env() -> dict[str, str]:
+def wide_env() -> dict[str, str]:
     # rich wraps at COLUMNS (80 when not on a terminal), which would fold the strings asserted on.
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["COLUMNS"] = "200"
@@ -207,46 +207,117 @@ def traversable_dir() -> Path:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-def test_serve_runs_until_sigterm(traversable_dir: Path):
-    data_dir = traversable_dir / "data"
-    http_port = free_port()
-    env = {**_wide_env(), "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0"}
-    process = subprocess.Popen([TRAINFORGE, "serve", "--data-dir", str(data_dir), "--grpc-port", "0",
-                                "--http-port", str(http_port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        banner = ""
+TOKEN_RE = re.compile(r"tf_[a-z0-9]{12}_[A-Za-z0-9_-]{43}")
+
+
+class ServeProcess:
+    """`trainforge serve` as a real process: started, read up to its ready panel, stopped with
+    SIGTERM (also on failure: a SIGKILL would orphan Envoy and PostgreSQL, which run in sessions of
+    their own)."""
+
+    def __init__(self, data_dir: Path, *extra: str):
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        env = {**wide_env(), "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0"}
+        self.process = subprocess.Popen([TRAINFORGE, "serve", "--data-dir", str(data_dir), "--grpc-port", "0",
+                                         "--http-port", str(self.http_port), *extra],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.banner = self.out = self.err = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return re.search(r"gRPC\s+(\S+)", self.banner).group(1)
+
+    def __enter__(self) -> ServeProcess:
         deadline = time.monotonic() + 60
-        while "Ctrl-C stops it" not in banner and time.monotonic() < deadline and process.poll() is None:
-            banner += process.stdout.readline()
-        assert "Ctrl-C stops it" in banner, banner + process.stderr.read()
-        assert f"http://127.0.0.1:{http_port}/api/docs" in banner
+        while "Ctrl-C stops it" not in self.banner and time.monotonic() < deadline and self.process.poll() is None:
+            self.banner += self.process.stdout.readline()
+        if "Ctrl-C stops it" not in self.banner:
+            self.stop()
+            raise AssertionError(self.banner + self.out + self.err)
+        return self
+
+    def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, self.err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self.out = self.banner + out
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _status(url: str, token: str = "") -> int:
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_serve_runs_until_sigterm_and_shows_a_first_admin_key_once(traversable_dir: Path):
+    data_dir = traversable_dir / "data"
+    with ServeProcess(data_dir) as serve:
+        banner = serve.banner
+        assert f"{serve.url}/api/docs" in banner
         assert f"embedded PostgreSQL at {data_dir / 'postgres'}" in banner
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/docs", timeout=10) as reply:
-            assert reply.status == 200
-        # Through Envoy to the gRPC server and back: without a key the registry answers 401.
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/training/models", timeout=10)
-        assert refused.value.code == 401
-        # A second process must not take over the running server's embedded cluster.
+        assert "1 in this process" in banner  # the default in-process training worker
+        assert _status(f"{serve.url}/api/docs") == 200
+        # A new data directory: one admin key, in the ready panel, with the note to store it.
+        [token] = TOKEN_RE.findall(banner)
+        assert "shown only this once" in banner
+        # Through Envoy to the gRPC server and back: without a key 401, with the new key 200.
+        assert _status(f"{serve.url}/api/training/models") == 401
+        assert _status(f"{serve.url}/api/training/models", token) == 200
+        # A second process must not take over the running server's embedded cluster ...
         out = invoke("db", "upgrade", "--data-dir", str(data_dir), expect=1).output
         assert "another trainforge process is using the embedded database" in out
-    finally:
-        # SIGTERM on failure too: a SIGKILL would orphan Envoy and PostgreSQL (own sessions).
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, err = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, err
-    assert "trainforge stopped" in out
+        # ... but the key commands share it, and the server honours what they do at once.
+        listed = json.loads(invoke("keys", "list", "--json", "--data-dir", str(data_dir)).stdout)
+        assert [(k["key_id"], k["owner"], k["role"]) for k in listed] == [(token.split("_")[1], "bootstrap-admin",
+                                                                          "admin")]
+        second = json.loads(invoke("keys", "create", "--owner", "ops", "--role", "viewer", "--json",
+                                   "--data-dir", str(data_dir)).stdout)["token"]
+        assert _status(f"{serve.url}/api/training/models", second) == 200
+    assert serve.process.returncode == 0, serve.err
+    assert "trainforge stopped" in serve.out
+    assert (serve.out + serve.err).count(token) == 1  # shown once, never logged
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert _processes_mentioning(str(data_dir)) == []
 
+    # Later starts say nothing about keys: the database has some.
+    with ServeProcess(data_dir) as again:
+        assert _status(f"{again.url}/api/training/models", token) == 200
+    assert again.process.returncode == 0, again.err
+    assert not TOKEN_RE.search(again.out + again.err) and "admin API key" not in again.out
+
+    # Authentication off only on request, with a warning; no key is made then.
+    with ServeProcess(data_dir, "--no-auth") as open_serve:
+        assert _status(f"{open_serve.url}/api/training/models") == 200
+        assert re.search(r"auth\s+OFF \(loopback only\)", open_serve.banner)
+    assert open_serve.process.returncode == 0, open_serve.err
+    assert "authentication is OFF (--no-auth)" in open_serve.err
+    assert not TOKEN_RE.search(open_serve.out + open_serve.err)
+    assert _processes_mentioning(str(data_dir)) == []
+
+
+def test_no_auth_is_refused_off_loopback():
+    result = runner.invoke(app, ["serve", "--no-auth"], env={"TRAINFORGE_HTTP_HOST": "0.0.0.0"})
+    assert result.exit_code == 2, result.output
+    assert "only listen on loopback" in result.output and "http_host=0.0.0.0" in result.output
+
 
 def test_demo_runs_end_to_end_and_cleans_up():
-    env = _wide_env()
+    env = wide_env()
     started = time.monotonic()
     result = subprocess.run([TRAINFORGE, "demo"], capture_output=True, text=True, timeout=120, env=env)
     took = time.monotonic() - started
