@@ -48,3 +48,27 @@ def test_envoy_config_validates(tmp_path, config):
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], cwd=cwd,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["fine_tune_template.yaml", "examples/smollm2_facts.yaml"])
+def test_training_configs_load_through_the_real_path(name, tmp_path):
+    from trainforge.core.training.config import load_template, validate_config
+
+    config = load_template(ROOT / "configs" / name)
+    assert config.name and config.model
+    if name.startswith("examples/"):
+        data_root = tmp_path / "data"
+        data_root.mkdir()
+        (data_root / "facts.jsonl").write_bytes((ROOT / "configs/examples/facts.jsonl").read_bytes())
+        resolved = validate_config(config, data_root, tmp_path / "models")
+        assert resolved.model_source == "packaged" and resolved.dataset_bytes > 0
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_configs_fill_in(stage):
+    from trainforge.core.training.distributed import deepspeed_config
+
+    filled = deepspeed_config(stage, micro_batch=4, accumulation=2, world_size=2, bf16=False)
+    assert filled["train_batch_size"] == 16 and filled["zero_optimization"]["stage"] == stage
+    if stage == 3:
+        assert filled["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True

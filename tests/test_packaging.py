@@ -29,7 +29,9 @@ def test_wheel_contains_only_trainforge(wheel):
                      "trainforge/core/db/migrations/versions/0001_registry.py",
                      "trainforge/core/db/migrations/script.py.mako",
                      "trainforge/kernels/__init__.py", "trainforge/gateway/envoy.yaml",
-                     "trainforge/gateway/trainforge.pb", "trainforge/gateway/docs.html"):
+                     "trainforge/gateway/trainforge.pb", "trainforge/gateway/docs.html",
+                     "trainforge/configs/deepspeed/zero3.json", "trainforge/configs/fine_tune_template.yaml",
+                     "trainforge/core/training/recipe.py", "trainforge/core/jobs/worker.py"):
         assert expected in names, expected
     assert not any(n.startswith("trainforge/__init__") for n in names)  # a namespace package
 

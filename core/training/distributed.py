@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from importlib import resources
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,15 +69,14 @@ def setup_runtime(use_deepspeed: bool) -> Runtime:
 
 
 def deepspeed_config_dir() -> Path:
-    """configs/deepspeed of the source tree ($TRAINFORGE_DEEPSPEED_CONFIGS overrides it)."""
+    """The DeepSpeed JSON files shipped in trainforge.configs ($TRAINFORGE_DEEPSPEED_CONFIGS overrides)."""
     override = os.environ.get("TRAINFORGE_DEEPSPEED_CONFIGS")
     if override:
         return Path(override)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "configs" / "deepspeed"
-        if (candidate / "zero2.json").is_file():
-            return candidate
-    raise FailedPrecondition("configs/deepspeed/zero*.json not found; set TRAINFORGE_DEEPSPEED_CONFIGS")
+    candidate = Path(str(resources.files("trainforge.configs").joinpath("deepspeed")))
+    if (candidate / "zero2.json").is_file():
+        return candidate
+    raise FailedPrecondition("trainforge.configs/deepspeed/zero*.json not found; set TRAINFORGE_DEEPSPEED_CONFIGS")
 
 
 def deepspeed_config(zero_stage: int, *, micro_batch: int, accumulation: int, world_size: int, bf16: bool,
