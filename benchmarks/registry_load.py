@@ -19,14 +19,16 @@ a warm-up:
     register  trainforge RegisterModel, a new        MLflow POST model-versions/create on a
               version of a seeded model per call       seeded registered model per call
 
-The load generator runs in separate processes (spawned, never forked from a process that runs
-gRPC), so the server's event loop does not share a GIL with its clients. Each process runs one
-asyncio loop: gRPC clients are grpc.aio tasks sharing that process's channel; REST clients are
-tasks each holding one keep-alive HTTP/1.1 connection (a small client on asyncio streams, below,
-for Envoy and MLflow alike). One loop per process costs less CPU per request than 64 threads
-with blocking clients, and on a 2-core machine every client cycle is taken from the servers.
-Caveat that no setup removes: the 2 cores are shared by the load generator, the gRPC server,
-PostgreSQL, Envoy and MLflow; each cell reports the CPU each of them used per operation.
+The load generator runs in separate processes (2 by default, spawned, never forked from a process
+that runs gRPC), so the server's event loop does not share a GIL with its clients. Each process
+runs one asyncio loop: gRPC clients are grpc.aio tasks sharing that process's channel; REST
+clients are tasks each holding one keep-alive HTTP/1.1 connection (a small client on asyncio
+streams, below, for Envoy and MLflow alike). On this 2-core VM grpc.aio tasks and sync stubs on
+32 threads per process cost the same client CPU per GetModel (0.29-0.35 vs 0.30-0.31 ms), so the
+loop wins on having no thread hand-offs inside the measured latency; the HTTP client costs
+0.06-0.11 ms per call. Caveat that no setup removes: the 2 cores are shared by the load
+generator, the gRPC server, PostgreSQL, Envoy and MLflow; each cell reports the CPU each of them
+used per operation, and the cores that processes outside the benchmark took (`other_cores`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,8 @@ ARCHITECTURE = {"model_family": "GPT", "layers": 24, "hidden_size": 1024, "atten
                 "vocab_size": 50257, "max_sequence_length": 1024}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_PROBE_S = 3.0
+QUIET_PCT = 10.0  # other processes' CPU, % of one core, below which the machine counts as quiet
+MACHINE = "_machine"  # key of the whole machine's busy ticks in cpu_ticks()
 
 
 # -- what the load workers get and give back ---------------------------------------------------
@@ -118,6 +123,9 @@ class Cell:
     first_error: str = ""
     # CPU milliseconds each component spent per completed operation during the window.
     cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
+    # Cores busy with processes outside the benchmark during the window (should be ~0).
+    other_cores: float = 0.0
+    attempt: int = 1
 
 
 # -- a keep-alive HTTP/1.1 client on asyncio streams -------------------------------------------
@@ -381,7 +389,24 @@ def cpu_ticks(components: dict[str, list[int]]) -> dict[str, int]:
             total += table[pid][1]
             stack.extend(children.get(pid, ()))
         totals[name] = total
+    totals[MACHINE] = _machine_busy_ticks()
     return totals
+
+
+def _machine_busy_ticks() -> int:
+    """Busy ticks of all CPUs together (everything but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def other_cores(before: dict[str, int], after: dict[str, int], seconds: float) -> float:
+    """Cores used, on average, by processes outside the benchmark (a build, another test run):
+    anything but zero makes the cell's numbers lower than the machine can do."""
+    machine = after[MACHINE] - before[MACHINE]
+    ours = sum(after[k] - before[k] for k in after if k != MACHINE)
+    return round(max(0, machine - ours) / CLOCK_TICKS / seconds, 2)
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -422,6 +447,9 @@ class Options:
     mlflow: bool = True
     mlflow_workers: int = 2
     db_pool_max: int = 16  # the server's default (configs/server.yaml)
+    wait_quiet_s: float = 120.0  # wait up to this long for other processes to leave the CPU alone
+    max_other_cores: float = 0.15  # a cell with more outside load than this is measured again...
+    cell_attempts: int = 3  # ...up to this many times in all
     out: Path | None = None
 
 
@@ -603,7 +631,7 @@ def collect_versions(pg_dsn: str, mlflow: bool) -> dict[str, str]:
     with psycopg.connect(pg_dsn) as conn:
         postgres = conn.execute("SHOW server_version").fetchone()[0]
     envoy_out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"version: \S+/(\S+?)/", envoy_out)
+    match = re.search(r"version: [0-9a-f]+/([^/]+)/", envoy_out)
     versions = {
         "python": platform.python_version(),
         "trainforge": _version_of("trainforge"),
@@ -636,9 +664,9 @@ def cpu_card() -> str:
 # -- the run -------------------------------------------------------------------------------------
 
 def run_cell(pool: ProcessPoolExecutor, procs: int, target: Target, op: str, clients: int, options: Options,
-             components: dict[str, list[int]]) -> Cell:
+             components: dict[str, list[int]], attempt: int = 1) -> Cell:
     procs = max(1, min(procs, clients))
-    target = dataclasses.replace(target, run_tag=f"{target.run_tag}.{target.transport}{clients}")
+    target = dataclasses.replace(target, run_tag=f"{target.run_tag}.{target.transport}{clients}.{attempt}")
     bounds = [clients * k // procs for k in range(procs + 1)]
     start_at = time.monotonic() + 0.3
     futures = [pool.submit(run_share, target, op, range(bounds[k], bounds[k + 1]), start_at, options.warmup_s,
@@ -651,6 +679,8 @@ def run_cell(pool: ProcessPoolExecutor, procs: int, target: Target, op: str, cli
     if cell.count:
         cell.cpu_ms_per_op = {name: round((after[name] - before[name]) / CLOCK_TICKS * 1000 / cell.count, 3)
                               for name in components}
+    cell.other_cores = other_cores(before, after, options.duration_s)
+    cell.attempt = attempt
     return cell
 
 
@@ -696,12 +726,12 @@ def goals(cells: list[Cell], ratios: dict[str, float], clients: tuple[int, ...])
 
 def format_table(cells: list[Cell]) -> str:
     lines = [f"{'op':<9}{'transport':<10}{'clients':>8}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}  "
-             "cpu ms/op (server, postgres, envoy, mlflow, load)"]
+             "cpu ms/op (server, postgres, envoy, mlflow, load)  other cores"]
     for c in cells:
         cpu = c.cpu_ms_per_op
         cpu_text = ", ".join(f"{cpu.get(k, 0):.3f}" for k in ("server", "postgres", "envoy", "mlflow", "load"))
         lines.append(f"{c.op:<9}{c.transport:<10}{c.clients:>8}{c.ops_s:>10.1f}{c.p50_ms:>10.2f}{c.p99_ms:>10.2f}"
-                     f"{c.errors:>8}  {cpu_text}")
+                     f"{c.errors:>8}  {cpu_text}  {c.other_cores:.2f}")
     return "\n".join(lines)
 
 
@@ -759,6 +789,7 @@ def start_stack(options: Options) -> Iterator[Stack]:
         names = tuple(sorted({v.name for v in plan}))
         t0 = time.monotonic()
         matches = seed_trainforge(server.port, token, plan)
+        analyze(dsn)
         print(f"seeded trainforge: {len(plan)} versions of {len(names)} models in {time.monotonic() - t0:.1f} s; "
               f"search matches {matches}", flush=True)
         run_tag = f"b{int(time.time())}"
@@ -777,6 +808,7 @@ def start_stack(options: Options) -> Iterator[Stack]:
             components["mlflow"] = [proc.pid]
             t0 = time.monotonic()
             expected = seed_mlflow(mlflow_port, plan)
+            analyze(pg.dsn_for("mlflow"))
             mlflow_matches = _check_mlflow_search(mlflow_port)
             print(f"seeded MLflow: {len(plan)} versions in {time.monotonic() - t0:.1f} s; search matches "
                   f"{mlflow_matches} (expected {expected})", flush=True)
@@ -788,30 +820,70 @@ def start_stack(options: Options) -> Iterator[Stack]:
                     components=components, versions=versions, model_names=names, search_matches=matches)
 
 
+def idle_probe(components: dict[str, list[int]]) -> dict[str, float]:
+    """CPU, in % of one core, that each component and everything else used over IDLE_PROBE_S."""
+    before = cpu_ticks(components)
+    time.sleep(IDLE_PROBE_S)
+    after = cpu_ticks(components)
+    idle = {name: round((after[name] - before[name]) / CLOCK_TICKS / IDLE_PROBE_S * 100, 1) for name in components}
+    idle["other_processes"] = round(other_cores(before, after, IDLE_PROBE_S) * 100, 1)
+    return idle
+
+
+def wait_for_quiet(components: dict[str, list[int]], budget_s: float) -> dict[str, float]:
+    """Probe until processes outside the benchmark leave the CPU alone, at most `budget_s`."""
+    deadline = time.monotonic() + budget_s
+    while True:
+        idle = idle_probe(components)
+        print(f"idle CPU % of one core over {IDLE_PROBE_S:.0f} s: {idle}", flush=True)
+        if idle["other_processes"] <= QUIET_PCT or time.monotonic() > deadline:
+            return idle
+
+
 def measure(stack: Stack, options: Options) -> tuple[list[Cell], dict[str, float]]:
     """Every cell, op by op (register last), each target, each client count; and the idle CPU of
-    each component before the first cell."""
+    each component before the first cell. On a shared machine a cell during which other processes
+    took more than options.max_other_cores is measured again after a quiet spell (the attempt
+    with the least outside load is kept, and its `other_cores` says how clean it was)."""
     cells: list[Cell] = []
     procs = max(1, options.load_procs)
     components = dict(stack.components)
     context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
     with ProcessPoolExecutor(max_workers=procs, mp_context=context) as pool:
         components["load"] = sorted(set(pool.map(_warm_worker, [1.0] * procs)))
-        before = cpu_ticks(components)
-        time.sleep(IDLE_PROBE_S)
-        after = cpu_ticks(components)
-        idle = {name: round((after[name] - before[name]) / CLOCK_TICKS / IDLE_PROBE_S * 100, 1)
-                for name in components}
-        print(f"idle CPU % of one core over {IDLE_PROBE_S:.0f} s: {idle}", flush=True)
+        idle = wait_for_quiet(components, options.wait_quiet_s)
+        if idle["other_processes"] > QUIET_PCT:
+            print("WARNING: other processes are using the CPU; the numbers will be low", flush=True)
         for op in options.ops:
             for target in stack.targets:
                 for clients in options.clients:
-                    cell = run_cell(pool, procs, target, op, clients, options, components)
-                    cells.append(cell)
-                    print(format_table([cell]).splitlines()[1], flush=True)
-                    if cell.errors:
-                        print(f"  first error: {cell.first_error}", flush=True)
+                    best = None
+                    for attempt in range(1, max(1, options.cell_attempts) + 1):
+                        cell = run_cell(pool, procs, target, op, clients, options, components, attempt)
+                        print(format_table([cell]).splitlines()[1], flush=True)
+                        if cell.errors:
+                            print(f"  first error: {cell.first_error}", flush=True)
+                        if best is None or cell.other_cores < best.other_cores:
+                            best = cell
+                        if cell.other_cores <= options.max_other_cores or attempt == options.cell_attempts:
+                            break
+                        print(f"  other processes took {cell.other_cores:.2f} cores; measuring again", flush=True)
+                        wait_for_quiet(components, options.wait_quiet_s)
+                    cells.append(best)
     return cells, idle
+
+
+def format_markdown(document: dict) -> str:
+    """The results as the Markdown table benchmarks/README.md carries."""
+    lines = ["| op | transport | clients | ops/s | p50 ms | p99 ms | CPU ms/op: server / postgres / envoy / "
+             "mlflow / load | other cores |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for m in document["metrics"]:
+        cpu = m["cpu_ms_per_op"]
+        cpu_text = " / ".join(f"{cpu.get(k, 0):.2f}" for k in ("server", "postgres", "envoy", "mlflow", "load"))
+        lines.append(f"| {m['op']} | {m['transport']} | {m['clients']} | {m['ops_s']:.0f} | {m['p50_ms']:.2f} | "
+                     f"{m['p99_ms']:.2f} | {cpu_text} | {m['other_cores']:.2f} |")
+    return "\n".join(lines)
 
 
 def run(options: Options) -> dict:
@@ -832,11 +904,21 @@ def run(options: Options) -> dict:
             "postgres_mode": "durable (fsync on, synchronous_commit on)",
             "mlflow_server": f"gunicorn, {options.mlflow_workers} sync workers" if options.mlflow else None,
             "idle_cpu_pct_of_one_core": idle,
+            "max_other_cores": options.max_other_cores, "cell_attempts": options.cell_attempts,
         },
         "metrics": [asdict(c) for c in cells],
         "ratios": ratios,
         "goals": goals(cells, ratios, options.clients),
     }
+
+
+def analyze(dsn: str) -> None:
+    """Planner statistics for the freshly seeded tables. Without them the first minute of a run
+    (before autovacuum gets to the tables) planned MLflow's tag search with 20 ms of PostgreSQL
+    CPU per call instead of 2.3 ms; a registry that has been up a while has them."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def _new_database(admin_dsn: str, name: str, pg) -> str:
@@ -858,17 +940,25 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--seed-models", type=int, default=SEED_MODELS)
     parser.add_argument("--db-pool-max", type=int, default=16, help="server connection pool size (default 16)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
+    parser.add_argument("--wait-quiet", type=float, default=120.0,
+                        help="wait up to this many seconds for other processes to go idle (default 120)")
+    parser.add_argument("--max-other-cores", type=float, default=0.15,
+                        help="measure a cell again when other processes took more cores than this (default 0.15)")
+    parser.add_argument("--cell-attempts", type=int, default=3, help="attempts per cell at most (default 3)")
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/registry-<date>.json)")
     args = parser.parse_args(argv)
     ops = tuple(op for op in OPS if op in args.ops.split(","))
     return Options(duration_s=args.duration, warmup_s=args.warmup,
                    clients=tuple(int(c) for c in args.clients.split(",")), ops=ops, load_procs=args.load_procs,
                    seed_models=args.seed_models, mlflow=not args.no_mlflow, db_pool_max=args.db_pool_max,
-                   out=args.out)
+                   wait_quiet_s=args.wait_quiet, max_other_cores=args.max_other_cores,
+                   cell_attempts=args.cell_attempts, out=args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so PostgreSQL, Envoy and MLflow are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     document = run(options)
     out = options.out or REPO / "benchmarks" / "results" / f"registry-{dt.date.today():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -878,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(cells))
     print()
     print(json.dumps({"ratios": document["ratios"], "goals": document["goals"]}, indent=2))
+    print()
+    print(format_markdown(document))
     print(f"wrote {out}")
     return 0
 
