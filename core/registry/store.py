@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,20 @@ _ORDER_FIELDS = {
 }
 
 
+# A model with its aliases, version count and latest version in one round trip (GetModel is the
+# registry's hottest read: four queries cost ~0.5 ms more of server CPU per call on 2 cores).
+_MODEL_SELECT = f"""
+SELECT m.*,
+       COALESCE((SELECT jsonb_object_agg(a.alias, av.version) FROM model_aliases a
+                 JOIN model_versions av ON av.id = a.version_id WHERE a.model_id = m.id), '{{}}') AS alias_map,
+       (SELECT count(*) FROM model_versions c WHERE c.model_id = m.id) AS version_count,
+       to_jsonb(lv) AS latest
+FROM models m
+LEFT JOIN LATERAL ({_VERSION_SELECT} WHERE v.model_id = m.id ORDER BY v.create_time DESC, v.id DESC LIMIT 1) lv
+  ON true
+"""
+
+
 def _etag() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -110,6 +125,31 @@ def _version_from_row(row: dict[str, Any]) -> ModelVersion:
         artifact_count=row["artifact_count"],
         artifact_bytes=row["artifact_bytes"],
         deployed=row["deployed"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        etag=row["etag"],
+    )
+
+
+def _version_from_json(data: dict[str, Any]) -> ModelVersion:
+    """A version row that came back as jsonb (see _MODEL_SELECT): timestamps are ISO strings."""
+    row = dict(data)
+    for key in ("create_time", "update_time"):
+        row[key] = datetime.fromisoformat(row[key])
+    return _version_from_row(row)
+
+
+def _model_from_row(row: dict[str, Any]) -> Model:
+    latest = _version_from_json(row["latest"]) if row["latest"] else None
+    return Model(
+        model_id=str(row["id"]),
+        name=row["name"],
+        description=row["description"],
+        tags=tuple(row["tags"]),
+        aliases=dict(sorted(row["alias_map"].items())),
+        latest_version=latest.version if latest else "",
+        version_count=row["version_count"],
+        latest=latest,
         create_time=row["create_time"],
         update_time=row["update_time"],
         etag=row["etag"],
@@ -182,33 +222,8 @@ class RegistryStore:
         return await self._version(conn, model["id"], selector, name)
 
     async def _model(self, conn: psycopg.AsyncConnection, row: dict[str, Any]) -> Model:
-        cur = await conn.execute(
-            "SELECT a.alias, v.version FROM model_aliases a JOIN model_versions v ON v.id = a.version_id "
-            "WHERE a.model_id = %s ORDER BY a.alias",
-            (row["id"],),
-        )
-        aliases = {r["alias"]: r["version"] for r in await cur.fetchall()}
-        cur = await conn.execute(
-            _VERSION_SELECT + " WHERE v.model_id = %s ORDER BY v.create_time DESC, v.id DESC LIMIT 1",
-            (row["id"],),
-        )
-        latest_row = await cur.fetchone()
-        cur = await conn.execute("SELECT count(*) AS n FROM model_versions WHERE model_id = %s", (row["id"],))
-        count = (await cur.fetchone())["n"]
-        latest = _version_from_row(latest_row) if latest_row else None
-        return Model(
-            model_id=str(row["id"]),
-            name=row["name"],
-            description=row["description"],
-            tags=tuple(row["tags"]),
-            aliases=aliases,
-            latest_version=latest.version if latest else "",
-            version_count=count,
-            latest=latest,
-            create_time=row["create_time"],
-            update_time=row["update_time"],
-            etag=row["etag"],
-        )
+        cur = await conn.execute(_MODEL_SELECT + " WHERE m.id = %s", (row["id"],))
+        return _model_from_row(await cur.fetchone())
 
     # -- models ------------------------------------------------------------------------------
     async def register(self, new: NewVersion, *, artifacts_dir: Path | None = None) -> ModelVersion:
@@ -267,8 +282,15 @@ class RegistryStore:
                 )
 
     async def get_model(self, ref: str) -> Model:
+        if not ref:
+            raise InvalidArgument.one("model_id", "is required")
+        column = "id" if _is_uuid(ref) else "name"
         async with self.pool.connection() as conn:
-            return await self._model(conn, await self._model_row(conn, ref))
+            cur = await conn.execute(_MODEL_SELECT + f" WHERE m.{column} = %s", (ref,))
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"model {ref!r} does not exist", metadata={"model": ref})
+        return _model_from_row(row)
 
     async def list_models(self, page_size: int, page_token: str) -> Page:
         v = check.Violations()
@@ -278,13 +300,13 @@ class RegistryStore:
         offset = pagination.decode(page_token, query)
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT *, count(*) OVER () AS total FROM models ORDER BY create_time DESC, id DESC "
-                "LIMIT %s OFFSET %s",
+                _MODEL_SELECT.replace("SELECT m.*", "SELECT count(*) OVER () AS total, m.*", 1)
+                + " ORDER BY m.create_time DESC, m.id DESC LIMIT %s OFFSET %s",
                 (size, offset),
             )
             rows = await cur.fetchall()
             total = rows[0]["total"] if rows else await self._count(conn, "models")
-            models = tuple([await self._model(conn, r) for r in rows])
+            models = tuple(_model_from_row(r) for r in rows)
         return Page(models, pagination.next_token(offset, size, total, query), total)
 
     async def _count(self, conn: psycopg.AsyncConnection, table: str) -> int:
