@@ -127,25 +127,30 @@ class RpcInterceptor(aio.ServerInterceptor):
             handler.response_serializer)
 
 
+async def _respond_once(call: _Call, context, invoke):
+    """Runs a handler that returns one response (unary or client-streaming request)."""
+    try:
+        await call.authorize()
+        await call.begin()
+        response = await invoke()
+    except asyncio.CancelledError:
+        call.finish(grpc.StatusCode.CANCELLED)
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is mapped, logged and counted here
+        if _is_abort(exc):
+            call.finish(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        await call.fail(exc)
+        return None
+    await call.succeed()
+    return response
+
+
 def _wrap_unary(method: str, behavior, authorizer: Authorizer | None):
     async def wrapper(request, context):
         call = _Call(method, context, authorizer)
         call.request = request
-        try:
-            await call.authorize()
-            await call.begin()
-            response = await behavior(request, context)
-        except asyncio.CancelledError:
-            call.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, logged and counted here
-            if _is_abort(exc):
-                call.finish(context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            await call.fail(exc)
-            return None
-        await call.succeed()
-        return response
+        return await _respond_once(call, context, lambda: behavior(request, context))
 
     return wrapper
 
@@ -162,21 +167,7 @@ def _wrap_client_stream(method: str, behavior, authorizer: Authorizer | None):
                     call.request = message
                 yield message
 
-        try:
-            await call.authorize()
-            await call.begin()
-            response = await behavior(observed(), context)
-        except asyncio.CancelledError:
-            call.finish(grpc.StatusCode.CANCELLED)
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if _is_abort(exc):
-                call.finish(context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            await call.fail(exc)
-            return None
-        await call.succeed()
-        return response
+        return await _respond_once(call, context, lambda: behavior(observed(), context))
 
     return wrapper
 
