@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-from importlib import resources
 import socket
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
