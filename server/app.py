@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from trainforge.core.access.audit import AuditLog
 from trainforge.core.access.keys import KeyStore
+from trainforge.core.compression.compress_version import VersionCompressor
 from trainforge.core.db.pool import open_pool
 from trainforge.core.jobs.evaluation import ModelEvaluator
 from trainforge.core.jobs.spec import JobSpecPreparer
@@ -81,7 +82,9 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, evaluator, started=time.monotonic()),
         server)
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry), server)
+    compressor = VersionCompressor(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry",
+                                   settings.data_dir / "compression")
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry, compressor), server)
     deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
 
     health_servicer = health.aio.HealthServicer()

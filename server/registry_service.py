@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from trainforge.core.compression.compress_version import CompressRequest, VersionCompressor
 from trainforge.core.errors import Unimplemented
 from trainforge.core.registry.store import RegistryStore
 from trainforge.server import convert
@@ -12,8 +13,9 @@ from trainforge.v1 import registry_pb2_grpc
 
 
 class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore):
+    def __init__(self, store: RegistryStore, compressor: VersionCompressor | None = None):
         self.store = store
+        self.compressor = compressor
 
     async def RegisterModel(self, request: pb.RegisterModelRequest, context) -> pb.RegisterModelResponse:
         version = await self.store.register(convert.new_version(request.model_version))
@@ -114,7 +116,14 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         return pb.GetModelHistoryResponse(data=convert.history(await self.store.history(request.model_id)))
 
     async def CompressModel(self, request: pb.CompressModelRequest, context) -> pb.CompressModelResponse:
-        raise Unimplemented("int8 model compression (CompressModel)")
+        if self.compressor is None:
+            raise Unimplemented("int8 model compression (CompressModel)")
+        gate = request.max_perplexity_increase if request.HasField("max_perplexity_increase") else None
+        version = await self.compressor.compress(CompressRequest(
+            model_id=request.model_id, version=request.version, compression_type=request.compression_type,
+            precision=request.precision, mode=request.mode, max_perplexity_increase=gate, force=request.force,
+            target_version=request.target_version))
+        return pb.CompressModelResponse(data=convert.model_version(version))
 
     async def GetRegistryHealth(self, request: pb.GetRegistryHealthRequest, context) -> pb.GetRegistryHealthResponse:
         return pb.GetRegistryHealthResponse(data=convert.registry_health(await self.store.health()))

@@ -37,7 +37,6 @@ SEED_SYNTHETIC = {
     "output_format": "jsonl",
 }
 SEED_DEPLOY = {"target": "ollama", "auto_rollback": True, "health_check_timeout": 30000}
-SEED_COMPRESS = {"compression_type": "quantization", "precision": "int8"}
 
 
 def seed_model(**changes) -> dict:
@@ -136,7 +135,6 @@ def test_versions_history_usage_and_health_paths(rest):
     ("GET", "/api/training/deploy/v/deployments/d", None),
     ("POST", "/api/training/deploy/v/deployments/d/rollback", None),
     ("GET", "/api/training/deploy/v/deployments/d/health", None),
-    ("POST", "/api/training/models/custom_conversational_model/compress", SEED_COMPRESS),
 ])
 def test_every_other_rpc_answers_through_envoy(rest, method, path, body):
     """Capabilities of later releases parse the seed's bodies and answer 501 naming themselves."""

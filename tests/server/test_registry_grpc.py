@@ -312,12 +312,14 @@ def test_usage_counts_and_percentiles(registry):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and {"error_count", "latencies_ms"} <= set(violations)
 
 
-def test_registry_health_and_unimplemented_capabilities(registry, training, deploy):
+def test_registry_health(registry):
     health = registry.GetRegistryHealth(pb.GetRegistryHealthRequest()).data
     assert health.status == "ok" and health.database_ok and health.model_count >= 0
-    code, message, _, info = error_of(registry.CompressModel, pb.CompressModelRequest(model_id="x"))
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "compression" in message
-    assert info.metadata["capability"]
+
+
+def test_compress_checks_its_fields_first(registry):
+    code, _, violations, _ = error_of(registry.CompressModel, pb.CompressModelRequest(model_id="x"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and {"compression_type", "precision"} <= set(violations)
 
 
 def test_list_models_pages_through_everything(registry):

@@ -1,0 +1,233 @@
+"""CompressModel: a registry version, materialised from the verified store, compressed to int8 in a
+child process and registered as a new `compressed` version of the same model, if the perplexity
+gate passes (or the caller forces it).
+
+The child process keeps model loading, quantization and scoring (CPU-heavy, seconds to minutes)
+off the server's event loop and out of its GIL, as core.jobs.evaluation does for EvaluateModel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainforge.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from trainforge.core.paths import confine
+from trainforge.core.registry.models import Lineage, ModelVersion, NewVersion
+from trainforge.core.registry.store import RegistryStore
+from trainforge.core.registry.validation import VERSION_RE
+
+COMPRESSION_TYPES = ("quantization",)
+PRECISIONS = ("int8",)
+MODES = ("w8a8_dynamic", "w8a16")  # trainforge.kernels.MODES; not imported: the server must not load torch
+DEFAULT_MODE = "w8a8_dynamic"
+DEFAULT_MAX_PERPLEXITY_INCREASE = 0.02
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    """CompressModel's fields; empty strings and None mean "the default"."""
+
+    model_id: str
+    version: str = ""
+    compression_type: str = ""
+    precision: str = ""
+    mode: str = ""
+    max_perplexity_increase: float | None = None
+    force: bool = False
+    target_version: str = ""
+
+
+def check_request(req: CompressRequest) -> None:
+    """Every violation at once, before anything is loaded."""
+    v: list[FieldViolation] = []
+    if not req.model_id:
+        v.append(FieldViolation("model_id", "is required"))
+    if req.compression_type not in COMPRESSION_TYPES:
+        v.append(FieldViolation("compression_type", f"{req.compression_type or '(empty)'!r} is not supported; "
+                                                    f"choose from {', '.join(COMPRESSION_TYPES)}"))
+    if req.precision not in PRECISIONS:
+        v.append(FieldViolation("precision", f"{req.precision or '(empty)'!r} is not supported; "
+                                             f"choose from {', '.join(PRECISIONS)}"))
+    if req.mode and req.mode not in MODES:
+        v.append(FieldViolation("mode", f"{req.mode!r} is not a mode; choose from {', '.join(MODES)}"))
+    gate = req.max_perplexity_increase
+    if gate is not None and not (math.isfinite(gate) and 0 < gate <= 1):
+        v.append(FieldViolation("max_perplexity_increase", f"must be in (0, 1] (a fraction: 0.02 is 2%), got {gate}"))
+    if req.target_version and not VERSION_RE.match(req.target_version):
+        v.append(FieldViolation("target_version", "must be 1-64 characters of letters, digits and ._-+, "
+                                                  "starting with a letter or digit"))
+    if v:
+        raise InvalidArgument(v)
+
+
+class VersionCompressor:
+    def __init__(self, registry: RegistryStore, data_root: Path, cache_root: Path, work_root: Path,
+                 timeout_seconds: float = 3600):
+        """`data_root`: the only place evaluation data is read from; `cache_root`: where source
+        versions are materialised (shared with EvaluateModel); `work_root`: where the int8 folder
+        is written before its files go into the store."""
+        self.registry, self.data_root, self.cache_root, self.work_root = registry, data_root, cache_root, work_root
+        self.timeout_seconds = timeout_seconds
+
+    async def compress(self, req: CompressRequest) -> ModelVersion:
+        check_request(req)
+        version = req.version or (await self.registry.get_model(req.model_id)).latest_version
+        if not version:
+            raise FailedPrecondition(f"model {req.model_id!r} has no versions to compress",
+                                     metadata={"model": req.model_id})
+        source = await self.registry.get_version(req.model_id, version)
+        if source.model_type == "compressed":
+            raise FailedPrecondition(f"version {source.version!r} of {source.name!r} is already compressed; "
+                                     "compress its parent instead", reason="ALREADY_COMPRESSED",
+                                     metadata={"model": source.name, "version": source.version})
+        target = req.target_version or f"{source.version}-int8"
+        if not VERSION_RE.match(target):
+            raise InvalidArgument.one("target_version", f"the default {target!r} is not a valid version string "
+                                                        "(1-64 characters); pass target_version")
+        await self._refuse_existing(source.name, target)
+        mode = req.mode or DEFAULT_MODE
+        gate = DEFAULT_MAX_PERPLEXITY_INCREASE if req.max_perplexity_increase is None else req.max_perplexity_increase
+
+        folder = await self.registry.materialize(source.name, source.version, self.cache_root)
+        if _is_quantized(folder):
+            raise FailedPrecondition(f"version {source.version!r} of {source.name!r} holds a quantized checkpoint",
+                                     reason="ALREADY_COMPRESSED",
+                                     metadata={"model": source.name, "version": source.version})
+        output = self.work_root / f"{source.name.replace('/', '_')}-{target}-{uuid.uuid4().hex[:8]}"
+        request = {"source_dir": str(folder), "output_dir": str(output), "mode": mode,
+                   "max_perplexity_increase": gate, **_eval_data(source, self.data_root)}
+        try:
+            result = await _run_child(request, self.timeout_seconds)
+            metrics = {k: float(v) for k, v in result["metrics"].items()}
+            if not result["gate_passed"] and not req.force:
+                raise _gate_failure(source, mode, gate, metrics)
+            new = NewVersion(
+                name=source.name, version=target,
+                description=f"int8 ({mode}) compression of {source.name}:{source.version}",
+                model_type="compressed", parameter_count=int(result["parameter_count"]),
+                architecture=source.architecture, performance_metrics=metrics, tags=source.tags,
+                lineage=Lineage(base_model=f"{source.name}:{source.version}",
+                                parent_model_version_id=source.model_version_id,
+                                config={"compression": _compression_record(result, req.force)}),
+                changelog=_changelog(source, mode, metrics, gate, result["gate_passed"]))
+            return await self.registry.register(new, artifacts_dir=output)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, output, True)
+
+    async def _refuse_existing(self, name: str, target: str) -> None:
+        """Fail before minutes of work rather than at register (which still enforces uniqueness)."""
+        try:
+            await self.registry.get_version(name, target)
+        except NotFound:
+            return
+        raise AlreadyExists(f"model {name!r} already has a version {target!r}; pass another target_version",
+                            metadata={"model": name, "version": target})
+
+
+def _is_quantized(folder: Path) -> bool:
+    try:
+        return "quantization_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _eval_data(source: ModelVersion, data_root: Path) -> dict[str, Any]:
+    """The source's validation data when its lineage names a data file that still exists under
+    the data root (a job-trained version), with the split training used; otherwise none (the
+    built-in text). Lineage is user-writable through RegisterModel, hence the confinement."""
+    config = source.lineage.config or {}
+    path = (config.get("resolved") or {}).get("data_path")
+    try:
+        path = str(confine(data_root, str(path or ""), "lineage.config.resolved.data_path", kind="file"))
+    except InvalidArgument:
+        return {"eval_data_path": None}
+    data = config.get("training_data") or {}
+    hyper = config.get("hyperparameters") or {}
+    return {"eval_data_path": path, "data_format": data.get("format"),
+            "validation_split": float(data.get("validation_split") or 0.0), "seed": int(hyper.get("seed", 42))}
+
+
+def _gate_failure(source: ModelVersion, mode: str, gate: float, metrics: dict[str, float]) -> FailedPrecondition:
+    increase = metrics["perplexity_increase"]
+    return FailedPrecondition(
+        f"int8 ({mode}) compression of {source.name}:{source.version} raised perplexity from "
+        f"{metrics['perplexity_source']:.4f} to {metrics['perplexity']:.4f}, a relative increase of {increase:.4g} "
+        f"({increase:+.2%}) over the allowed {gate:.4g}; nothing was registered (set force to register it anyway)",
+        reason="PERPLEXITY_GATE_FAILED",
+        metadata={"model": source.name, "version": source.version, "mode": mode,
+                  # repr: the exact measured floats, for clients that compare them
+                  "perplexity": repr(metrics["perplexity"]), "perplexity_source": repr(metrics["perplexity_source"]),
+                  "perplexity_increase": repr(increase), "max_perplexity_increase": repr(gate)})
+
+
+def _compression_record(result: dict[str, Any], forced: bool) -> dict[str, Any]:
+    keys = ("mode", "format", "dtype", "skip", "max_perplexity_increase", "gate_passed", "eval_data", "eval_samples",
+            "source_size_bytes", "size_bytes", "seconds")
+    return {"type": "quantization", "precision": "int8", "forced": forced, **{k: result[k] for k in keys}}
+
+
+def _changelog(source: ModelVersion, mode: str, metrics: dict[str, float], gate: float, passed: bool) -> str:
+    verdict = "within" if passed else "over (forced)"
+    return (f"int8 {mode} of {source.version}: perplexity {metrics['perplexity_source']:.4f} -> "
+            f"{metrics['perplexity']:.4f} ({metrics['perplexity_increase']:+.2%}, {verdict} the {gate:.2%} gate)")
+
+
+async def _run_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trainforge.core.compression.compress_version", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise Unavailable(f"compression took longer than {timeout:.0f} s") from None
+    lines = out.decode().strip().splitlines()
+    try:
+        reply = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        reply = {}
+    if process.returncode != 0 or "error" in reply or "result" not in reply:
+        if reply.get("violations"):
+            raise InvalidArgument([FieldViolation(v["field"], v["description"]) for v in reply["violations"]])
+        error = reply.get("error") or " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+        raise Unavailable(f"compression failed: {error}"[:2000])
+    return reply["result"]
+
+
+def _main() -> None:
+    from trainforge.core.compression.compress import compress
+
+    request = json.loads(sys.stdin.read())
+    started = time.monotonic()
+    try:
+        result = compress(Path(request["source_dir"]), Path(request["output_dir"]), request["mode"],
+                          Path(request["eval_data_path"]) if request.get("eval_data_path") else None,
+                          request["max_perplexity_increase"], data_format=request.get("data_format"),
+                          validation_split=request.get("validation_split", 0.0), seed=request.get("seed", 42))
+        print(json.dumps({"result": result.to_dict(), "child_seconds": time.monotonic() - started}))
+    except InvalidArgument as exc:
+        print(json.dumps({"error": exc.message, "violations": [
+            {"field": v.field, "description": v.description} for v in exc.violations]}))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as one JSON line
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _main()
