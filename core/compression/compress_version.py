@@ -11,20 +11,19 @@ import asyncio
 import json
 import math
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainforge.core.child_task import child_main, run_in_child
 from trainforge.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from trainforge.core.paths import confine
 from trainforge.core.registry.models import Lineage, ModelVersion, NewVersion
@@ -112,7 +111,8 @@ class VersionCompressor:
         request = {"source_dir": str(folder), "output_dir": str(output), "mode": mode,
                    "max_perplexity_increase": gate, **_eval_data(source, self.data_root)}
         try:
-            result = await _run_child(request, self.timeout_seconds)
+            result = await run_in_child("trainforge.core.compression.compress_version", request,
+                                        self.timeout_seconds, "compression")
             metrics = {k: float(v) for k, v in result["metrics"].items()}
             if not result["gate_passed"] and not req.force:
                 raise _gate_failure(source, mode, gate, metrics)
@@ -187,47 +187,16 @@ def _changelog(source: ModelVersion, mode: str, metrics: dict[str, float], gate:
             f"{metrics['perplexity']:.4f} ({metrics['perplexity_increase']:+.2%}, {verdict} the {gate:.2%} gate)")
 
 
-async def _run_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trainforge.core.compression.compress_version", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise Unavailable(f"compression took longer than {timeout:.0f} s") from None
-    lines = out.decode().strip().splitlines()
-    try:
-        reply = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        reply = {}
-    if process.returncode != 0 or "error" in reply or "result" not in reply:
-        if reply.get("violations"):
-            raise InvalidArgument([FieldViolation(v["field"], v["description"]) for v in reply["violations"]])
-        error = reply.get("error") or " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
-        raise Unavailable(f"compression failed: {error}"[:2000])
-    return reply["result"]
-
-
-def _main() -> None:
+def _compress(request: dict[str, Any]) -> dict[str, Any]:
     from trainforge.core.compression.compress import compress
 
-    request = json.loads(sys.stdin.read())
     started = time.monotonic()
-    try:
-        result = compress(Path(request["source_dir"]), Path(request["output_dir"]), request["mode"],
-                          Path(request["eval_data_path"]) if request.get("eval_data_path") else None,
-                          request["max_perplexity_increase"], data_format=request.get("data_format"),
-                          validation_split=request.get("validation_split", 0.0), seed=request.get("seed", 42))
-        print(json.dumps({"result": result.to_dict(), "child_seconds": time.monotonic() - started}))
-    except InvalidArgument as exc:
-        print(json.dumps({"error": exc.message, "violations": [
-            {"field": v.field, "description": v.description} for v in exc.violations]}))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one JSON line
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    result = compress(Path(request["source_dir"]), Path(request["output_dir"]), request["mode"],
+                      Path(request["eval_data_path"]) if request.get("eval_data_path") else None,
+                      request["max_perplexity_increase"], data_format=request.get("data_format"),
+                      validation_split=request.get("validation_split", 0.0), seed=request.get("seed", 42))
+    return {**result.to_dict(), "child_seconds": time.monotonic() - started}
 
 
 if __name__ == "__main__":
-    _main()
+    child_main(_compress)

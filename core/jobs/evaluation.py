@@ -4,14 +4,12 @@ must not stall the server's event loop or hold its GIL."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from trainforge.core.errors import FieldViolation, InvalidArgument, Unavailable
+from trainforge.core.child_task import child_main, run_in_child
+from trainforge.core.errors import FieldViolation, InvalidArgument
 from trainforge.core.paths import confine
 from trainforge.core.registry.store import RegistryStore
 
@@ -48,47 +46,20 @@ class ModelEvaluator:
                    "max_samples": max_samples or None, "max_new_tokens": max_new_tokens or 64,
                    "batch_size": batch_size or 8}
         started = time.monotonic()
-        result = await _run_child(request, self.timeout_seconds)
+        result = await run_in_child("trainforge.core.jobs.evaluation", request, self.timeout_seconds, "evaluation")
         samples = int(result.pop("samples", 0))
         return {"model_name": model_name, "version": resolved.version,
                 "metrics": {k: float(v) for k, v in result.items() if isinstance(v, (int, float))},
                 "num_samples": samples, "duration_seconds": time.monotonic() - started}
 
 
-async def _run_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trainforge.core.jobs.evaluation", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), timeout)
-    except TimeoutError:
-        process.kill()
-        raise Unavailable(f"evaluation took longer than {timeout:.0f} s") from None
-    lines = out.decode().strip().splitlines()
-    reply = json.loads(lines[-1]) if lines else {}
-    if process.returncode != 0 or "error" in reply:
-        error = reply.get("error") or err.decode(errors="replace").strip().splitlines()[-1:]
-        if reply.get("violations"):
-            raise InvalidArgument([FieldViolation(v["field"], v["description"]) for v in reply["violations"]])
-        raise Unavailable(f"evaluation failed: {error}")
-    return reply["result"]
-
-
-def _main() -> None:
+def _evaluate(request: dict[str, Any]) -> dict[str, Any]:
     from trainforge.core.training.evaluate import evaluate
 
-    request = json.loads(sys.stdin.read())
-    try:
-        result = evaluate(Path(request["model_dir"]), Path(request["data_path"]), request["metrics"],
-                          request["max_samples"], request["max_new_tokens"], request["batch_size"])
-        print(json.dumps({"result": {k: v for k, v in result.items() if k != "predictions"}}))
-    except InvalidArgument as exc:
-        print(json.dumps({"error": exc.message, "violations": [
-            {"field": v.field, "description": v.description} for v in exc.violations]}))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one JSON line
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(1)
+    result = evaluate(Path(request["model_dir"]), Path(request["data_path"]), request["metrics"],
+                      request["max_samples"], request["max_new_tokens"], request["batch_size"])
+    return {k: v for k, v in result.items() if k != "predictions"}
 
 
 if __name__ == "__main__":
-    _main()
+    child_main(_evaluate)
