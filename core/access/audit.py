@@ -5,9 +5,8 @@ row on, and `verify` names the first row where it breaks."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -50,10 +49,45 @@ class VerifyResult:
     problem: str
 
 
+FIELDS = ("key_id", "role", "rpc", "resource", "request_id", "outcome", "client")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def row_hash(prev_hash: str, seq: int, time: datetime, entry: Entry) -> str:
-    body = json.dumps({"seq": seq, "time": time.astimezone(timezone.utc).isoformat(timespec="microseconds"),
-                       **asdict(entry)}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((prev_hash + "\n" + body).encode()).hexdigest()
+    """sha256 over the previous hash, the sequence number, the time in microseconds since the epoch
+    and each field length-prefixed (so no field can pass for two). APPEND_SQL computes exactly this
+    inside PostgreSQL; this function re-computes it to verify."""
+    micros = (time - EPOCH) // timedelta(microseconds=1)
+    fields = [f"{len(value)}:{value}" for value in (getattr(entry, name) for name in FIELDS)]
+    body = "\n".join([prev_hash, str(seq), str(micros), *fields])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+# One statement, one round trip (an append follows every write, so its cost matters): lock the
+# head, hash in SQL, move the head, insert the row. The head row lock serialises appends, so seq has
+# no gaps and each row chains to the one before it.
+APPEND_SQL = """
+WITH head AS (
+    SELECT seq, hash, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS micros
+    FROM audit_head FOR UPDATE
+), row AS (
+    SELECT seq + 1 AS seq, hash AS prev_hash, micros,
+           timestamptz 'epoch' + micros * interval '1 microsecond' AS time,
+           encode(sha256(convert_to(concat_ws(E'\\n', hash, (seq + 1)::text, micros::text,
+               length(%(key_id)s) || ':' || %(key_id)s, length(%(role)s) || ':' || %(role)s,
+               length(%(rpc)s) || ':' || %(rpc)s, length(%(resource)s) || ':' || %(resource)s,
+               length(%(request_id)s) || ':' || %(request_id)s, length(%(outcome)s) || ':' || %(outcome)s,
+               length(%(client)s) || ':' || %(client)s), 'UTF8')), 'hex') AS hash
+    FROM head
+), moved AS (
+    UPDATE audit_head SET seq = row.seq, hash = row.hash FROM row RETURNING audit_head.seq
+)
+INSERT INTO audit_log (seq, time, key_id, role, rpc, resource, request_id, outcome, client, prev_hash, hash)
+SELECT row.seq, row.time, %(key_id)s, %(role)s, %(rpc)s, %(resource)s, %(request_id)s, %(outcome)s, %(client)s,
+       row.prev_hash, row.hash
+FROM row JOIN moved ON moved.seq = row.seq
+RETURNING *
+"""
 
 
 class AuditLog:
@@ -61,20 +95,9 @@ class AuditLog:
         self.pool = pool
 
     async def append(self, entry: Entry) -> AuditRecord:
-        async with self.pool.connection() as conn, conn.transaction():
-            # The head row lock serialises appends, so seq has no gaps and each row chains to the last.
-            cur = await conn.execute("SELECT seq, hash, now() AS now FROM audit_head FOR UPDATE")
-            head = await cur.fetchone()
-            seq = head["seq"] + 1
-            now = head["now"]
-            digest = row_hash(head["hash"], seq, now, entry)
-            await conn.execute(
-                "INSERT INTO audit_log (seq, time, key_id, role, rpc, resource, request_id, outcome, client, "
-                "prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (seq, now, entry.key_id, entry.role, entry.rpc, entry.resource, entry.request_id, entry.outcome,
-                 entry.client, head["hash"], digest))
-            await conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (seq, digest))
-        return AuditRecord(seq, now, *asdict(entry).values(), head["hash"], digest)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(APPEND_SQL, asdict(entry))
+            return AuditRecord(**await cur.fetchone())
 
     async def list(self, *, resource: str = "", key_id: str = "", since: datetime | None = None,
                    until: datetime | None = None, limit: int = 100) -> list[AuditRecord]:
