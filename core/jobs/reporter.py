@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from trainforge.core.jobs import models as m
 from trainforge.core.jobs.store import APPEND_EVENT_SQL, NOTIFY_CHANNEL
 
-PROGRESS_EVERY_SECONDS = 1.0  # progress events are rate-limited; evaluations and checkpoints never are
+PROGRESS_EVERY_SECONDS = 1.0  # progress is rate-limited; evaluations, checkpoints and the last step never are
 CHECK_FLAGS_EVERY_SECONDS = 1.0
 
 
@@ -53,6 +53,11 @@ class PostgresReporter:
         now = time.monotonic()
         if self.start_step is None:
             self.start_step = step - 1
+        if now - self._last_progress < PROGRESS_EVERY_SECONDS and step < total_steps:
+            # The job row and the event log follow at most once a second: a write per step cost
+            # ~1.2 ms of a 160 ms step on 2 cores (benchmarks/training_cpu.py), for nobody.
+            return
+        self._last_progress = now
         done = step - self.start_step
         remaining_ms = (now - self.started) / done * (total_steps - step) * 1000 if done > 0 else 0.0
         progress = {"current_epoch": epoch, "total_epochs": total_epochs, "current_step": step,
@@ -60,9 +65,7 @@ class PostgresReporter:
                     "estimated_remaining": round(remaining_ms, 1)}
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self._update("progress = %s, metrics = metrics || %s", (Jsonb(progress), Jsonb(clean)))
-        if now - self._last_progress >= PROGRESS_EVERY_SECONDS or step >= total_steps:
-            self._last_progress = now
-            self._event(m.PROGRESS, f"step {step}/{total_steps}", progress, clean)
+        self._event(m.PROGRESS, f"step {step}/{total_steps}", progress, clean)
 
     def evaluation(self, step: int, metrics: dict[str, Any]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

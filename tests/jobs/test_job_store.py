@@ -66,7 +66,9 @@ async def test_expired_lease_is_reclaimed_and_the_old_attempt_is_fenced_off(stor
     assert second.job_id == job.job_id and second.attempt == first.attempt + 1
     assert await store.heartbeat(job.job_id, first.attempt, timedelta(seconds=30)) is None
     with pytest.raises(LeaseLost):
-        old_reporter.progress(2, 10, 1, 1, {"train_loss": 1.9})
+        old_reporter.progress(10, 10, 1, 1, {"train_loss": 1.9})  # the last step always reports
+    with pytest.raises(LeaseLost):
+        old_reporter.log("still here?")
     assert not await store.finish(job.job_id, first.attempt, m.SUCCEEDED, "stale")
     assert await store.finish(job.job_id, second.attempt, m.SUCCEEDED, "done")
     final = await store.get(job.job_id)
