@@ -93,13 +93,13 @@ def test_save_and_reload_give_bit_identical_logits(tiny_dir, tmp_path, mode, dty
         tokenizer("What is the capital of France ?")["input_ids"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() and not dispatch.INTERPRETING,
+                    reason="no GPU and no TRITON_INTERPRET=1: the ops would run the reference")
 @pytest.mark.parametrize("mode", MODES)
 def test_round_trip_through_the_triton_kernels(tiny_dir, tmp_path, mode, monkeypatch):
     """The same, with the ops on the Triton kernels (interpreted on a CPU, compiled on a GPU)."""
     monkeypatch.delenv(BACKEND_ENV)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not dispatch.INTERPRETING:
-        pytest.skip("no GPU and no TRITON_INTERPRET=1: the ops would run the reference")
     model, tokenizer = load_model_and_tokenizer(tiny_dir)
     quantize_model(model, mode).to(device)
     ids = _ids()[:1, :5].to(device)  # one program per kernel launch: the interpreter is slow

