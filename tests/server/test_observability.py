@@ -34,3 +34,11 @@ def test_log_lines_are_json_with_the_request_id():
     finally:
         request_id_var.reset(token)
     assert line["request_id"] == "req-7" and line["method"] == "/x/Y" and line["level"] == "INFO"
+
+
+def test_grpc_callers_get_the_request_id_in_the_trailers(registry):
+    from trainforge.v1 import registry_pb2
+
+    _, call = registry.GetRegistryHealth.with_call(registry_pb2.GetRegistryHealthRequest(),
+                                                   metadata=(("x-request-id", "trailer-1"),))
+    assert ("x-request-id", "trailer-1") in tuple(call.trailing_metadata())
