@@ -14,21 +14,6 @@ GENESIS = "0" * 64
 
 
 @dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    time: datetime
-    key_id: str
-    role: str
-    rpc: str
-    resource: str
-    request_id: str
-    outcome: str
-    client: str
-    prev_hash: str
-    hash: str
-
-
-@dataclass(frozen=True)
 class Entry:
     """What a caller appends; the log assigns seq, time and the hashes."""
 
@@ -39,6 +24,16 @@ class Entry:
     request_id: str
     outcome: str
     client: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord(Entry):
+    """An appended entry as the log stores it."""
+
+    seq: int
+    time: datetime
+    prev_hash: str
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -133,15 +128,13 @@ class AuditLog:
                 async for row in cur:
                     record = AuditRecord(**row)
                     checked += 1
-                    entry = Entry(record.key_id, record.role, record.rpc, record.resource, record.request_id,
-                                  record.outcome, record.client)
                     if record.seq != expected_seq:
                         return VerifyResult(False, checked, record.seq,
                                             f"row {record.seq} follows row {expected_seq - 1}: a row is missing")
                     if record.prev_hash != expected_prev:
                         return VerifyResult(False, checked, record.seq,
                                             f"row {record.seq} does not chain to the row before it")
-                    if row_hash(expected_prev, record.seq, record.time, entry) != record.hash:
+                    if row_hash(expected_prev, record.seq, record.time, record) != record.hash:
                         return VerifyResult(False, checked, record.seq, f"row {record.seq} was altered")
                     expected_prev, expected_seq = record.hash, record.seq + 1
             cur = await conn.execute("SELECT seq, hash FROM audit_head")
