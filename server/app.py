@@ -66,7 +66,8 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
     await broker.start()
     return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer,
                 jobs=JobStore(pool, max_active_per_key=settings.max_active_jobs_per_key), broker=broker,
-                preparer=JobSpecPreparer(settings.data_dir_root, settings.models_dir, settings.max_dataset_bytes))
+                preparer=JobSpecPreparer(settings.data_dir_root, settings.models_dir, settings.max_dataset_bytes,
+                                         registry))
 
 
 async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int]:

@@ -42,7 +42,7 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     # -- jobs --------------------------------------------------------------------------------
     async def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.CreateJobResponse:
         spec = json_format.MessageToDict(request.spec, preserving_proto_field_name=True)
-        prepared = await asyncio.to_thread(self.preparer.prepare, spec)
+        prepared = await self.preparer.prepare_checked(spec)
         job = await self.jobs.create(prepared["name"], prepared, current_principal().key_id, start=request.start)
         return pb.CreateJobResponse(data=convert.job(job))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -357,11 +357,13 @@ def _hub_cached(model: str) -> bool:
 
 def validate_config(cfg: TrainConfig | Mapping[str, Any], data_root: Path, models_root: Path,
                     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES, *,
-                    config_root: Path | None = None) -> ResolvedConfig:
+                    config_root: Path | None = None,
+                    extra_violations: Sequence[FieldViolation] = ()) -> ResolvedConfig:
     """Every violation at once, as one InvalidArgument with dotted field paths: the fields' own
     ranges, the checks across fields, the data file (confined to `data_root`, a regular file, at
     most `max_dataset_bytes`, its suffix agreeing with `training_data.format`), the base model
-    (resolvable offline) and the hostfile (under `config_root`).
+    (resolvable offline, not an int8 checkpoint) and the hostfile (under `config_root`), plus
+    `extra_violations` that the caller found where this module cannot look (the registry).
 
     Pass the raw dict rather than `from_dict(d)` to have malformed fields and a bad data path
     reported together: a TrainConfig only exists once every field parsed."""
@@ -413,6 +415,13 @@ def validate_config(cfg: TrainConfig | Mapping[str, Any], data_root: Path, model
         else:
             model_source = kind
             model_path = value if isinstance(value, Path) else None
+            if model_path is not None:
+                from trainforge.core.training.model_loading import int8_checkpoint_method, not_trainable_message
+
+                method = int8_checkpoint_method(model_path)
+                if method is not None:
+                    violations.append(FieldViolation("model", not_trainable_message(f"folder {model_value!r}", method)))
+    violations += extra_violations
 
     hostfile_path = None
     dist = raw.get("distributed") if isinstance(raw.get("distributed"), Mapping) else {}

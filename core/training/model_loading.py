@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import time
@@ -137,13 +138,49 @@ def packaged_smollm2(cache_dir: Path) -> Path:
         return target
 
 
-def load_model_and_tokenizer(folder: Path, *, dtype: Any = None) -> tuple[Any, Any]:
+def int8_checkpoint_method(folder: Path) -> str | None:
+    """The `quantization_config.quant_method` of a folder's config.json (e.g. "compressed-tensors"
+    for a CompressModel version), or None for an ordinary floating-point folder."""
+    try:
+        raw = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    qconfig = raw.get("quantization_config") if isinstance(raw, dict) else None
+    if not isinstance(qconfig, dict):
+        return None
+    return str(qconfig.get("quant_method") or "unknown")
+
+
+def not_trainable_message(name: str, method: str) -> str:
+    return (f"{name} is an int8 checkpoint ({method} quantization_config): it can be evaluated and deployed, "
+            "not fine-tuned; train from the floating-point version it was compressed from "
+            "(its lineage.parent_model_version_id)")
+
+
+def load_model_and_tokenizer(folder: Path, *, dtype: Any = None, for_training: bool = False) -> tuple[Any, Any]:
     """A causal LM and its tokenizer from a transformers folder; the tokenizer gets a pad token
-    (its eos) when it has none, since batches are padded."""
+    (its eos) when it has none, since batches are padded.
+
+    An int8 folder written by CompressModel (compressed-tensors) loads through
+    trainforge.core.compression.load_int8 with our Int8Linear layers, in the dtype it was saved in
+    (transformers would hand it to its compressed-tensors integration, which needs a package we do
+    not ship). Training refuses it: int8 weights have no gradient."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    method = int8_checkpoint_method(folder)
+    if method is not None:
+        if for_training:
+            raise FailedPrecondition(not_trainable_message(f"model folder {Path(folder).name!r}", method),
+                                     reason="INT8_NOT_TRAINABLE")
+        if method != "compressed-tensors":
+            raise FailedPrecondition(f"model folder {Path(folder).name!r} holds a {method!r} quantization_config; "
+                                     "trainforge loads compressed-tensors int8 checkpoints only",
+                                     reason="UNSUPPORTED_QUANTIZATION")
+        from trainforge.core.compression.convert import load_int8
+
+        return load_int8(folder)
     hf_logging.disable_progress_bar()  # "Loading weights" bars would fill the job's log
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:

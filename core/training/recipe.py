@@ -94,7 +94,7 @@ def train(config: ResolvedConfig, output_dir: Path, reporter: Reporter, resume_f
     # -- model and tokenizer ---------------------------------------------------------------------
     model_dir = config.model_path or resolve_base_model(cfg.model, config.models_root, model_cache_dir,
                                                         resolve_registry_ref)
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, for_training=True)
     if cfg.method == "lora":
         model = _wrap_lora(model, cfg)
     model.to(runtime.device)

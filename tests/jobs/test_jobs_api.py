@@ -111,7 +111,7 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(rest, worker):
 
 def test_pause_then_resume_continues_the_global_step(rest, worker):
     name = f"pause-{uuid.uuid4().hex[:6]}"
-    body = tiny_job(name, hyperparameters={"epochs": 1000, "max_steps": 2000, "save_steps": 5, "eval_steps": 100000})
+    body = tiny_job(name, hyperparameters={"epochs": 1000, "max_steps": 400, "save_steps": 5, "eval_steps": 100000})
     job_id = rest.post("/api/training/jobs?start=true", body).body["data"]["job_id"]
     wait_for(lambda: int(_job(rest, job_id)["progress"].get("current_step", 0)) >= 6)
     assert rest.post(f"/api/training/jobs/{job_id}/pause", {}).status == 200
