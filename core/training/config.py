@@ -78,6 +78,9 @@ class Optimization(_Section):
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    # torch.compile of the model: "auto" compiles on a CUDA device without DeepSpeed (the plain
+    # loop), where it pays; on the CPU the compile time (tens of seconds) outweighs short runs.
+    torch_compile: Literal["auto", "on", "off"] = "auto"
 
 
 class Evaluation(_Section):

@@ -166,3 +166,26 @@ def test_entrypoint_writes_result_and_maps_outcomes_to_exit_codes(roots, tmp_pat
     assert error["reason"] == "INVALID_ARGUMENT" and error["violations"][0]["field"] == "hyperparameters.learning_rate"
     assert json.loads((tmp_path / "bad" / "error.json").read_text())["reason"] == "INVALID_ARGUMENT"
 
+
+
+@pytest.mark.slow  # inductor compiles forward and backward on the CPU: ~1 min on 2 cores
+def test_torch_compile_on_trains_like_eager_and_saves_plain_weights(roots, tmp_path):
+    eager, _ = run(roots, tmp_path / "eager", hyperparameters={"epochs": 2}, optimization={"torch_compile": "off"})
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled, reporter = run(roots, tmp_path / "compiled", hyperparameters={"epochs": 2},
+                             optimization={"torch_compile": "on"})
+    assert any("torch.compile" in e[1] for e in reporter.of("log"))
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters)
+    assert compiled.status == "succeeded" and compiled.global_step == eager.global_step
+    # Same seed, same data: the compiled graph computes the same losses up to fusion rounding.
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
+    keys = load_file(tmp_path / "compiled" / "model" / "model.safetensors").keys()
+    assert not [k for k in keys if "_orig_mod" in k]
+
+
+def test_torch_compile_auto_stays_eager_on_the_cpu(roots, tmp_path):
+    result, reporter = run(roots, tmp_path / "out", hyperparameters={"max_steps": 1})
+    assert result.status == "succeeded"
+    assert not any("torch.compile" in e[1] for e in reporter.of("log"))

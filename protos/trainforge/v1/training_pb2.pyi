@@ -116,14 +116,16 @@ class Hyperparameters(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., gradient_accumulation: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., save_steps: _Optional[int] = ..., eval_steps: _Optional[int] = ...) -> None: ...
 
 class Optimization(_message.Message):
-    __slots__ = ("optimizer", "scheduler", "early_stopping")
+    __slots__ = ("optimizer", "scheduler", "early_stopping", "torch_compile")
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_FIELD_NUMBER: _ClassVar[int]
+    TORCH_COMPILE_FIELD_NUMBER: _ClassVar[int]
     optimizer: str
     scheduler: str
     early_stopping: EarlyStopping
-    def __init__(self, optimizer: _Optional[str] = ..., scheduler: _Optional[str] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ...) -> None: ...
+    torch_compile: str
+    def __init__(self, optimizer: _Optional[str] = ..., scheduler: _Optional[str] = ..., early_stopping: _Optional[_Union[EarlyStopping, _Mapping]] = ..., torch_compile: _Optional[str] = ...) -> None: ...
 
 class EarlyStopping(_message.Message):
     __slots__ = ("enabled", "patience", "metric")
