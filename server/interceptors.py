@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
-from trainforge.core.errors import PermissionDenied, TrainforgeError, Unauthenticated
+from trainforge.core.errors import FieldViolation, InvalidArgument, PermissionDenied, TrainforgeError, Unauthenticated
 from trainforge.server.auth import Authorizer, Principal, denied_principal, principal_var
+from trainforge.server.body_check_service import UNKNOWN_FIELDS_HEADER
+from trainforge.server.body_fields import decode
 from trainforge.server.errors import code_for, to_status
 from trainforge.server.observability import RPC_LATENCY, RPC_REQUESTS, request_id_var
 
@@ -51,6 +53,11 @@ class _Call:
             self.principal, self.rule = await self.authorizer.identify(self.method, self.metadata)
             principal_var.set(self.principal)
             self.authorizer.check(self.principal, self.rule, self.method)
+        for key, value in self.metadata:
+            if key == UNKNOWN_FIELDS_HEADER:  # set by the gateway only (server.body_check_service)
+                raise InvalidArgument([FieldViolation(p.field, p.description) for p in decode(value)],
+                                      message="the request body has fields this API does not define: "
+                                      + ", ".join(p.field for p in decode(value)))
 
     def begin(self) -> None:
         # In the trailers, which every call sends anyway: an extra initial-metadata send per call
