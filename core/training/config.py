@@ -324,7 +324,11 @@ def classify_model_reference(model: str, models_root: Path) -> tuple[str, Path |
         return "packaged", model
     root = Path(models_root).resolve()
     candidate = Path(model) if Path(model).is_absolute() else root / model
-    if "\x00" not in model and candidate.is_dir():
+    try:
+        is_dir = "\x00" not in model and candidate.is_dir()
+    except OSError:  # a name too long for the file system, a symlink loop: not a folder
+        is_dir = False
+    if is_dir:
         try:
             return "local", confine(root, model, "model", kind="dir")
         except InvalidArgument as exc:

@@ -82,3 +82,57 @@ def test_upload_paths(grpc_channel, settings, path):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     created = {p for p in _snapshot(settings.data_dir) - before if "/artifacts/" not in p}
     assert not created
+
+
+@pytest.fixture(scope="module")
+def hostile_data_tree(settings, hostile_tree) -> Path:
+    """The same escapes under the data root, where job and evaluation data are read from."""
+    root = settings.data_dir_root
+    for link, target in (("escape-link", hostile_tree), ("deep/escape-link", hostile_tree),
+                         ("loop-link", root / "loop-link")):
+        path = root / link
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_symlink():
+            path.symlink_to(target)
+    if not (root / "fifo").exists():
+        os.mkfifo(root / "fifo")
+    return hostile_tree
+
+
+def _job_count(rest) -> int:
+    return int(rest.get("/api/training/jobs?page_size=1").body["total_size"])
+
+
+@pytest.mark.parametrize("path", HOSTILE, ids=range(len(HOSTILE)))
+def test_job_training_data_path(rest, hostile_data_tree, path):
+    before = _job_count(rest)
+    reply = rest.post("/api/training/jobs", {"name": "hostile-job", "model": "smollm2-135m",
+                                             "trainingData": {"path": path, "format": "jsonl"}})
+    assert reply.status == 400, reply
+    assert "training_data.path" in violations(reply), reply
+    assert _job_count(rest) == before
+
+
+# "" and "does-not-exist" are a missing field and an unknown name; the last two pass the field's
+# 4096-character limit but not the file system's (a 300-byte name, a 3000-character path).
+MODEL_HOSTILE = [p for p in HOSTILE if p not in ("", "does-not-exist")] + ["y" * 300, "a/" * 1500]
+
+
+@pytest.mark.parametrize("path", MODEL_HOSTILE, ids=range(len(MODEL_HOSTILE)))
+def test_job_base_model_path(rest, hostile_tree, settings, path):
+    (settings.data_dir_root / "one-row.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    before = _job_count(rest)
+    reply = rest.post("/api/training/jobs", {"name": "hostile-model", "model": path,
+                                             "trainingData": {"path": "one-row.jsonl", "format": "jsonl"}})
+    assert reply.status == 400, reply
+    assert "model" in violations(reply), reply
+    assert _job_count(rest) == before
+
+
+@pytest.mark.parametrize("path", HOSTILE, ids=range(len(HOSTILE)))
+def test_evaluate_data_path(rest, hostile_data_tree, path):
+    name = f"hostile-{uuid.uuid4().hex[:8]}"
+    assert rest.post("/api/training/models", {"name": name, "version": "1.0.0"}).status == 200
+    reply = rest.post(f"/api/training/evaluate/{name}", {"data_path": path, "metrics": ["perplexity"]})
+    assert reply.status == 400, reply
+    assert "data_path" in violations(reply), reply
