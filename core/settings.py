@@ -56,6 +56,8 @@ class Settings(BaseModel):
     workers: int = Field(1, ge=0, le=64)
     # A job whose worker has not renewed its lease for this long is claimed by another worker.
     job_lease_seconds: float = Field(30.0, gt=0)
+    # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
+    api_processes: int = Field(1, ge=1, le=256)
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def gateway_file(name: str) -> Path:
 
 
 def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_port: int,
-                  admin_port: int, max_request_bytes: int) -> dict:
+                  admin_port: int, max_request_bytes: int, more_grpc_ports: Sequence[int] = ()) -> dict:
     config = yaml.safe_load(gateway_file("envoy.yaml").read_text())
     config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     listener = config["static_resources"]["listeners"][0]
@@ -54,18 +55,22 @@ def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_
         if http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
             http_filter["typed_config"]["proto_descriptor"] = str(gateway_file("trainforge.pb"))
             http_filter["typed_config"]["max_request_body_size"] = max_request_bytes
-    endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-    endpoint["endpoint"]["address"]["socket_address"].update(address=grpc_address, port_value=grpc_port)
+    endpoints = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    endpoints[0]["endpoint"]["address"]["socket_address"].update(address=grpc_address, port_value=grpc_port)
+    for port in more_grpc_ports:  # server.api_processes: the other servers, on loopback
+        endpoints.append({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}})
     return config
 
 
 class EnvoyGateway:
     def __init__(self, run_dir: Path, *, grpc_address: str, grpc_port: int, http_address: str = "127.0.0.1",
-                 http_port: int = 8080, admin_port: int = 9901, max_request_bytes: int = 8 * 1024 * 1024):
+                 http_port: int = 8080, admin_port: int = 9901, max_request_bytes: int = 8 * 1024 * 1024,
+                 more_grpc_ports: Sequence[int] = ()):
         self.run_dir = run_dir
         self.http_address, self.http_port, self.admin_port = http_address, http_port, admin_port
         self.config = render_config(grpc_address=grpc_address, grpc_port=grpc_port, http_address=http_address,
-                                    http_port=http_port, admin_port=admin_port, max_request_bytes=max_request_bytes)
+                                    http_port=http_port, admin_port=admin_port, max_request_bytes=max_request_bytes,
+                                    more_grpc_ports=more_grpc_ports)
         self.process: subprocess.Popen | None = None
 
     @property

@@ -34,6 +34,7 @@ from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings
+from trainforge.server.api_processes import ApiProcessPool
 from trainforge.server.app import Deps, create_server, open_deps, stop_server
 from trainforge.server.envoy_process import EnvoyGateway
 
@@ -322,11 +323,19 @@ class Service:
             if stop.is_set():
                 return
 
+            more_ports: list[int] = []
+            if settings.api_processes > 1:
+                pool = ApiProcessPool(settings, dsn, settings.api_processes - 1, settings.data_dir / "api",
+                                      grace=self.grpc_grace)
+                stack.push_async_callback(pool.stop)
+                await pool.start()
+                more_ports = pool.ports
+
             grpc_host = "127.0.0.1" if settings.grpc_host in _WILDCARDS else settings.grpc_host
             envoy = EnvoyGateway(settings.data_dir / "envoy", grpc_address=grpc_host, grpc_port=grpc_port,
                                  http_address=settings.http_host, http_port=settings.http_port,
                                  admin_port=settings.envoy_admin_port,
-                                 max_request_bytes=settings.max_request_bytes)
+                                 max_request_bytes=settings.max_request_bytes, more_grpc_ports=more_ports)
             stack.push_async_callback(asyncio.to_thread, envoy.stop)
             await asyncio.to_thread(envoy.start)
 

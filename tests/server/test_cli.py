@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from typer.testing import CliRunner
@@ -215,10 +216,10 @@ class ServeProcess:
     SIGTERM (also on failure: a SIGKILL would orphan Envoy and PostgreSQL, which run in sessions of
     their own)."""
 
-    def __init__(self, data_dir: Path, *extra: str):
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.http_port = free_port()
-        env = {**wide_env(), "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0"}
+        env = {**wide_env(), "TRAINFORGE_METRICS_PORT": "0", "TRAINFORGE_ENVOY_ADMIN_PORT": "0", **(env or {})}
         self.process = subprocess.Popen([TRAINFORGE, "serve", "--data-dir", str(data_dir), "--grpc-port", "0",
                                          "--http-port", str(self.http_port), *extra],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -331,3 +332,51 @@ def test_demo_runs_end_to_end_and_cleans_up():
     assert not Path(data_dir).exists()
     assert _processes_mentioning(data_dir) == []
     assert took < 60, f"demo took {took:.1f} s"
+
+
+def _api_children(serve: ServeProcess) -> list[psutil.Process]:
+    return [p for p in psutil.Process(serve.process.pid).children(recursive=True)
+            if "trainforge.server.api_processes" in " ".join(p.cmdline())]
+
+
+def _requests_per_upstream(data_dir: Path) -> dict[str, int]:
+    """Envoy's admin /clusters: requests sent to each endpoint of the `grpc` cluster."""
+    admin = (data_dir / "envoy" / "admin_address").read_text().strip()
+    with urllib.request.urlopen(f"http://{admin}/clusters", timeout=5) as reply:
+        text = reply.read().decode()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^grpc::([0-9.]+:\d+)::rq_total::(\d+)$", text, re.M)}
+
+
+def test_serve_with_three_api_processes_spreads_calls_and_survives_a_killed_one(traversable_dir: Path):
+    data_dir = traversable_dir / "data"
+    with ServeProcess(data_dir, env={"TRAINFORGE_API_PROCESSES": "3", "TRAINFORGE_WORKERS": "0"}) as serve:
+        [token] = TOKEN_RE.findall(serve.banner)
+        children = _api_children(serve)
+        assert len(children) == 2, [c.cmdline() for c in children]
+        # Every process serves the same database: a model registered through one is read by all.
+        body = json.dumps({"name": "spread", "version": "1.0.0"}).encode()
+        request = urllib.request.Request(f"{serve.url}/api/training/models", data=body, method="POST", headers={
+            "authorization": f"Bearer {token}", "content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200
+        statuses = [_status(f"{serve.url}/api/training/models/spread", token) for _ in range(60)]
+        assert statuses == [200] * 60
+        spread = _requests_per_upstream(data_dir)
+        assert len(spread) == 3 and min(spread.values()) > 0, spread
+
+        # A process killed outright: calls keep succeeding (Envoy retries a refused connection on
+        # another process) and the process is started again on its port.
+        victim = children[0]
+        victim.kill()
+        victim.wait(10)
+        statuses = [_status(f"{serve.url}/api/training/models/spread", token) for _ in range(40)]
+        assert statuses == [200] * 40
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(_api_children(serve)) < 2
+                                               or victim.pid in [c.pid for c in _api_children(serve)]):
+            time.sleep(0.2)
+        assert len(_api_children(serve)) == 2
+        assert _status(f"{serve.url}/api/training/models/spread", token) == 200
+        survivors = _api_children(serve)
+    assert serve.process.returncode == 0, serve.err
+    assert not [c for c in survivors if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
