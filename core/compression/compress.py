@@ -1,8 +1,9 @@
 """compress(): a transformers folder -> an int8 folder, with the numbers that decide whether to keep it.
 
-Reads top to bottom: load the source -> pick the evaluation data -> score the source -> quantize
--> save -> reload the saved folder -> score it -> gate. The int8 scores come from the reloaded
-folder, so they describe the artifact that gets registered, not an in-memory model.
+Reads top to bottom: load the source -> pick the evaluation and calibration data -> score the
+source -> smooth (w8a8_dynamic) -> quantize -> save -> reload the saved folder -> score it -> gate.
+The int8 scores come from the reloaded folder, so they describe the artifact that gets registered,
+not an in-memory model.
 
 Evaluation data, in order of preference:
 - `eval_data_path` with prompt/completion (or chat `messages`) rows (.jsonl/.json/.csv/.parquet):
@@ -11,6 +12,10 @@ Evaluation data, in order of preference:
   out (the same seeded split as core.training.data.split_indices);
 - `eval_data_path` as a .txt file, or rows with a `text` column: perplexity over the text;
 - nothing: perplexity over HELDOUT_TEXT (core.compression.heldout).
+
+Calibration data for activation smoothing (core.compression.smoothing, w8a8_dynamic only) is never
+the evaluation data: the training rows (those the seeded split did not hold out) when the rows have
+a held-out part, otherwise CALIBRATION_TEXT (core.compression.calibration_text).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainforge.core.compression.calibration_text import CALIBRATION_TEXT
 from trainforge.core.compression.convert import (
     DEFAULT_SKIP,
     FORMATS,
@@ -31,11 +37,14 @@ from trainforge.core.compression.convert import (
     save_int8,
 )
 from trainforge.core.compression.heldout import HELDOUT_TEXT
+from trainforge.core.compression.smoothing import DEFAULT_ALPHA, calibration_batches, smooth_model
 from trainforge.core.errors import InvalidArgument
 
 DEFAULT_MAX_PERPLEXITY_INCREASE = 0.02
 DTYPES = ("bfloat16", "float16", "float32")
 _ROW_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+SMOOTHED_MODES = ("w8a8_dynamic",)  # w8a16 keeps activations in floating point: nothing to smooth
+MAX_CALIBRATION_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,8 @@ class CompressionResult:
     eval_samples: int  # rows scored, or tokens for text
     seconds: float
     skip: list[str] = field(default_factory=list)
+    # SmoothingReport.record() plus calibration_data (its label), or None when not smoothed
+    smoothing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,10 +96,12 @@ def compress(source_dir: Path, output_dir: Path, mode: str = "w8a8_dynamic", eva
              max_perplexity_increase: float = DEFAULT_MAX_PERPLEXITY_INCREASE, *, dtype: str = "bfloat16",
              skip: tuple[str, ...] = DEFAULT_SKIP, data_format: str | None = None, validation_split: float = 0.0,
              seed: int = 42, max_samples: int = 64, max_new_tokens: int = 32, batch_size: int = 8,
-             window: int = 512) -> CompressionResult:
+             window: int = 512, smoothing: bool = True, smoothing_alpha: float = DEFAULT_ALPHA) -> CompressionResult:
     """Quantizes the model in `source_dir` to int8 (`mode`), writes it to `output_dir` and scores
     both. `dtype` is what the tensors kept in floating point (embeddings, norms, lm_head) and the
-    activations of the int8 model are stored and run in; the source is scored in float32."""
+    activations of the int8 model are stored and run in; the source is scored in float32.
+    With `smoothing` (and a mode in SMOOTHED_MODES) SmoothQuant scales with `smoothing_alpha` are
+    folded into the float32 weights first, from the calibration data."""
     import torch
 
     from trainforge.core.training.model_loading import load_model_and_tokenizer
@@ -101,11 +114,16 @@ def compress(source_dir: Path, output_dir: Path, mode: str = "w8a8_dynamic", eva
     source_dir, output_dir = Path(source_dir), Path(output_dir)
 
     model, tokenizer = load_model_and_tokenizer(source_dir, dtype=torch.float32)
-    data = load_eval_data(eval_data_path, data_format=data_format, validation_split=validation_split,
-                          seed=seed, max_samples=max_samples)
+    data, calibration = load_data(eval_data_path, data_format=data_format, validation_split=validation_split,
+                                  seed=seed, max_samples=max_samples)
     scoring = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "window": window}
     source_scores, samples = score(model, tokenizer, data, **scoring)
 
+    smoothed = None
+    if smoothing and mode in SMOOTHED_MODES:
+        batches = calibration_batches(tokenizer, text=calibration.text, rows=calibration.rows, window=window)
+        report = smooth_model(model, batches, smoothing_alpha)
+        smoothed = {**report.record(), "calibration_data": calibration.label}
     quantize_model(model, mode, skip, dtype=getattr(torch, dtype))
     save_int8(model, tokenizer, output_dir)
     params = parameter_count(model)
@@ -124,19 +142,28 @@ def compress(source_dir: Path, output_dir: Path, mode: str = "w8a8_dynamic", eva
         size_mb=round(size / 2**20, 3), source_size_bytes=folder_bytes(source_dir), parameter_count=params,
         metrics=metrics, gate_passed=metrics["perplexity_increase"] <= max_perplexity_increase,
         max_perplexity_increase=max_perplexity_increase, eval_data=data.label, eval_samples=samples,
-        seconds=time.monotonic() - started, skip=list(skip))
+        seconds=time.monotonic() - started, skip=list(skip), smoothing=smoothed)
 
 
 def load_eval_data(path: Path | None, *, data_format: str | None = None, validation_split: float = 0.0,
                    seed: int = 42, max_samples: int = 64) -> EvalData:
     """The rows or text to score on (see the module docstring)."""
+    return load_data(path, data_format=data_format, validation_split=validation_split, seed=seed,
+                     max_samples=max_samples)[0]
+
+
+def load_data(path: Path | None, *, data_format: str | None = None, validation_split: float = 0.0,
+              seed: int = 42, max_samples: int = 64) -> tuple[EvalData, EvalData]:
+    """(the rows or text to score on, the rows or text to calibrate smoothing on): the training
+    rows when the split held some rows out, else CALIBRATION_TEXT; never what is scored."""
     from trainforge.core.training.data import check_rows, load_rows, split_indices
 
+    calibration_text = EvalData(label="calibration_text", text=CALIBRATION_TEXT)
     if path is None:
-        return EvalData(label="heldout_text", text=HELDOUT_TEXT)
+        return EvalData(label="heldout_text", text=HELDOUT_TEXT), calibration_text
     path = Path(path)
     if path.suffix.lower() == ".txt" or data_format == "text":
-        return EvalData(label=str(path), text=path.read_text(errors="replace"))
+        return EvalData(label=str(path), text=path.read_text(errors="replace")), calibration_text
     fmt = data_format or _ROW_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise InvalidArgument.one("eval_data", f"cannot tell the format of {path.name!r}; use .jsonl, .csv, "
@@ -144,11 +171,14 @@ def load_eval_data(path: Path | None, *, data_format: str | None = None, validat
     rows = load_rows(path, fmt)
     if rows and all(isinstance(r.get("text"), str) for r in rows) and not any("prompt" in r or "messages" in r
                                                                               for r in rows):
-        return EvalData(label=str(path), text="\n\n".join(r["text"] for r in rows))
+        return EvalData(label=str(path), text="\n\n".join(r["text"] for r in rows)), calibration_text
     check_rows(rows)
-    _, held_out = split_indices(len(rows), validation_split, seed)
+    train, held_out = split_indices(len(rows), validation_split, seed)
     chosen = [rows[i] for i in held_out] if held_out else rows
-    return EvalData(label=str(path), rows=chosen[:max_samples] if max_samples else chosen)
+    evaluation = EvalData(label=str(path), rows=chosen[:max_samples] if max_samples else chosen)
+    if not held_out:  # every row is scored: none is left to calibrate on
+        return evaluation, calibration_text
+    return evaluation, EvalData(label=f"{path} (training rows)", rows=[rows[i] for i in train[:MAX_CALIBRATION_ROWS]])
 
 
 def score(model: Any, tokenizer: Any, data: EvalData, *, max_new_tokens: int, batch_size: int,
@@ -190,5 +220,5 @@ def text_perplexity(model: Any, tokenizer: Any, text: str, *, window: int = 512)
     return math.exp(min(total / count, 50.0)), count
 
 
-__all__ = ["DEFAULT_MAX_PERPLEXITY_INCREASE", "DTYPES", "CompressionResult", "EvalData", "compress", "load_eval_data",
-           "relative_increase", "score", "text_perplexity"]
+__all__ = ["DEFAULT_MAX_PERPLEXITY_INCREASE", "DTYPES", "SMOOTHED_MODES", "CompressionResult", "EvalData", "compress",
+           "load_data", "load_eval_data", "relative_increase", "score", "text_perplexity"]

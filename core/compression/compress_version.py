@@ -178,7 +178,9 @@ def _gate_failure(source: ModelVersion, mode: str, gate: float, metrics: dict[st
 def _compression_record(result: dict[str, Any], forced: bool) -> dict[str, Any]:
     keys = ("mode", "format", "dtype", "skip", "max_perplexity_increase", "gate_passed", "eval_data", "eval_samples",
             "source_size_bytes", "size_bytes", "seconds")
-    return {"type": "quantization", "precision": "int8", "forced": forced, **{k: result[k] for k in keys}}
+    # smoothing: {method, alpha, mappings, kinds, refused, calibration_tokens, calibration_data}, or None (w8a16)
+    return {"type": "quantization", "precision": "int8", "forced": forced, **{k: result[k] for k in keys},
+            "smoothing": result.get("smoothing")}
 
 
 def _changelog(source: ModelVersion, mode: str, metrics: dict[str, float], gate: float, passed: bool) -> str:

@@ -57,6 +57,9 @@ def test_compress_registers_an_int8_version_with_lineage_and_metrics(rest, regis
     record = data["lineage"]["config"]["compression"]
     assert (record["mode"], record["format"], record["eval_data"]) == ("w8a8_dynamic", "int-quantized",
                                                                        "heldout_text")
+    smoothing = record["smoothing"]  # folded into the float weights before quantizing (test_smoothing.py)
+    assert (smoothing["method"], smoothing["alpha"], smoothing["mappings"], smoothing["calibration_data"]) == (
+        "smoothquant", 0.5, 6, "calibration_text")
     metrics = data["performance_metrics"]
     assert {"perplexity", "perplexity_source", "perplexity_increase"} <= set(metrics)
     assert metrics["perplexity_increase"] == pytest.approx(
@@ -125,6 +128,7 @@ def test_gate_refuses_and_registers_nothing_unless_forced(rest, settings, hostil
     assert data["lineage"]["base_model"] == f"{name}:2.0"
     record = data["lineage"]["config"]["compression"]
     assert record["forced"] is True and record["gate_passed"] is False and record["format"] == "pack-quantized"
+    assert record["smoothing"] is None  # w8a16 leaves activations in floating point
     assert record["eval_data"] == str(data_file.resolve()) and record["eval_samples"] == 6
     metrics = data["performance_metrics"]
     assert metrics["perplexity"] == pytest.approx(float(meta["perplexity"]), rel=1e-5)
