@@ -447,6 +447,7 @@ class Options:
     mlflow: bool = True
     mlflow_workers: int = 2
     db_pool_max: int = 16  # the server's default (configs/server.yaml)
+    api_processes: int = 1  # gRPC server processes behind Envoy (settings.api_processes)
     wait_quiet_s: float = 120.0  # wait up to this long for other processes to leave the CPU alone
     max_other_cores: float = 0.15  # a cell with more outside load than this is measured again...
     cell_attempts: int = 3  # ...up to this many times in all
@@ -751,6 +752,27 @@ class Stack:
 
 
 @contextlib.contextmanager
+def api_process_pool(settings, dsn: str, count: int, run_dir: Path):
+    """trainforge.server.api_processes.ApiProcessPool on an event loop of its own thread."""
+    import asyncio
+    import threading
+
+    from trainforge.server.api_processes import ApiProcessPool
+
+    pool = ApiProcessPool(settings, dsn, count, run_dir)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="api-processes", daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(pool.start(), loop).result(120)
+    try:
+        yield pool
+    finally:
+        asyncio.run_coroutine_threadsafe(pool.stop(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def start_stack(options: Options) -> Iterator[Stack]:
     """PostgreSQL (durable), migrations, an API key, the gRPC server, Envoy and, unless
     options.mlflow is off, MLflow on a second database; both registries seeded alike."""
@@ -777,12 +799,18 @@ def start_stack(options: Options) -> Iterator[Stack]:
         server = BackgroundServer(settings, dsn)
         server.start()
         exit_stack.callback(server.stop)
+        more_ports, server_pids = [], [os.getpid()]
+        if options.api_processes > 1:  # the product's own pool of extra servers, as `serve` runs it
+            pool = exit_stack.enter_context(api_process_pool(settings, dsn, options.api_processes - 1, base / "api"))
+            more_ports = pool.ports
+            server_pids += [c.process.pid for c in pool.children]
         envoy = EnvoyGateway(base / "envoy", grpc_address="127.0.0.1", grpc_port=server.port,
-                             http_port=_free_port(), admin_port=0, max_request_bytes=settings.max_request_bytes)
+                             http_port=_free_port(), admin_port=0, max_request_bytes=settings.max_request_bytes,
+                             more_grpc_ports=more_ports)
         envoy.start()
         exit_stack.callback(envoy.stop)
         postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-        components: dict[str, list[int]] = {"server": [os.getpid()], "postgres": [postmaster],
+        components: dict[str, list[int]] = {"server": server_pids, "postgres": [postmaster],
                                             "envoy": [envoy.process.pid]}
 
         plan = seed_plan(options.seed_models)
@@ -901,6 +929,7 @@ def run(options: Options) -> dict:
             "seed_models": len(stack.model_names), "versions_per_model": VERSIONS_PER_MODEL,
             "page_size": PAGE_SIZE, "search_filter": SEARCH_FILTER, "mlflow_search_filter": MLFLOW_SEARCH_FILTER,
             "search_matches": stack.search_matches, "db_pool_max": options.db_pool_max,
+            "api_processes": options.api_processes,
             "postgres_mode": "durable (fsync on, synchronous_commit on)",
             "mlflow_server": f"gunicorn, {options.mlflow_workers} sync workers" if options.mlflow else None,
             "idle_cpu_pct_of_one_core": idle,
@@ -939,6 +968,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--load-procs", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--seed-models", type=int, default=SEED_MODELS)
     parser.add_argument("--db-pool-max", type=int, default=16, help="server connection pool size (default 16)")
+    parser.add_argument("--api-processes", type=int, default=1,
+                        help="gRPC server processes behind Envoy, as settings.api_processes (default 1)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baseline")
     parser.add_argument("--wait-quiet", type=float, default=120.0,
                         help="wait up to this many seconds for other processes to go idle (default 120)")
@@ -951,6 +982,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(duration_s=args.duration, warmup_s=args.warmup,
                    clients=tuple(int(c) for c in args.clients.split(",")), ops=ops, load_procs=args.load_procs,
                    seed_models=args.seed_models, mlflow=not args.no_mlflow, db_pool_max=args.db_pool_max,
+                   api_processes=args.api_processes,
                    wait_quiet_s=args.wait_quiet, max_other_cores=args.max_other_cores,
                    cell_attempts=args.cell_attempts, out=args.out)
 

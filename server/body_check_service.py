@@ -27,13 +27,7 @@ from trainforge.server.body_fields import BodySchema, encode
 UNKNOWN_FIELDS_HEADER = "x-trainforge-unknown-fields"
 log = logging.getLogger("trainforge.body_check")
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
-
-
-def _header(headers: pb.HttpHeaders, name: str) -> str:
-    for item in headers.headers.headers:
-        if item.key == name:
-            return item.raw_value.decode("latin-1") if item.raw_value else item.value
-    return ""
+FILTER_NAME = "envoy.filters.http.ext_proc"  # the key Envoy files request attributes under
 
 
 class BodyCheckService(external_processor_pb2_grpc.ExternalProcessorServicer):
@@ -44,25 +38,15 @@ class BodyCheckService(external_processor_pb2_grpc.ExternalProcessorServicer):
                       context) -> AsyncIterator[pb.ProcessingResponse]:
         method = path = ""
         async for request in request_iterator:
+            attributes = request.attributes.get(FILTER_NAME)  # on the stream's first message
+            if attributes is not None:
+                method = attributes.fields["request.method"].string_value or method
+                path = attributes.fields["request.path"].string_value or path
             kind = request.WhichOneof("request")
-            if kind == "request_headers":
-                method = _header(request.request_headers, ":method")
-                path = _header(request.request_headers, ":path")
-                strip = pb.HeaderMutation(remove_headers=[UNKNOWN_FIELDS_HEADER])
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse(
-                    response=pb.CommonResponse(header_mutation=strip)))
-            elif kind == "request_body":
-                try:
-                    problems = self.schema.unknown_fields(method, path, request.request_body.body)
-                except Exception:  # noqa: BLE001 - a fault in the check must not fail the call it checks
-                    log.exception("body check of %s %s failed; the call goes on unchecked", method, path)
-                    problems = []
-                common = pb.CommonResponse()
-                if problems:
-                    common.header_mutation.set_headers.append(base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(key=UNKNOWN_FIELDS_HEADER, raw_value=encode(problems).encode()),
-                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
-                yield pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+            if kind == "request_body":
+                yield pb.ProcessingResponse(request_body=pb.BodyResponse(response=self._check(method, path, request)))
+            elif kind == "request_headers":
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             elif kind == "request_trailers":
                 yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
             elif kind == "response_headers":
@@ -71,3 +55,18 @@ class BodyCheckService(external_processor_pb2_grpc.ExternalProcessorServicer):
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse())
             elif kind == "response_trailers":
                 yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+    def _check(self, method: str, path: str, request: pb.ProcessingRequest) -> pb.CommonResponse:
+        """Removes any client-sent report header, or sets the gateway's for unknown keys."""
+        try:
+            problems = self.schema.unknown_fields(method, path, request.request_body.body)
+        except Exception:  # noqa: BLE001 - a fault in the check must not fail the call it checks
+            log.exception("body check of %s %s failed; the call goes on unchecked", method, path)
+            problems = []
+        if not problems:  # (Envoy applies removals after sets: one or the other, never both)
+            return pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=[UNKNOWN_FIELDS_HEADER]))
+        common = pb.CommonResponse()
+        common.header_mutation.set_headers.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=UNKNOWN_FIELDS_HEADER, raw_value=encode(problems).encode()),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+        return common

@@ -24,6 +24,9 @@ log = logging.getLogger("trainforge.rpc")
 
 # Envoy generates x-request-id for each HTTP request and forwards it as gRPC metadata.
 REQUEST_ID_KEY = "x-request-id"
+# The gateway's body check runs once per REST call with a body: logged at DEBUG when it succeeds,
+# so the access log holds one line per call, the call's own.
+QUIET_METHODS = frozenset({"/envoy.service.ext_proc.v3.ExternalProcessor/Process"})
 
 
 def _request_id(metadata) -> str:
@@ -93,6 +96,8 @@ class _Call:
         RPC_REQUESTS.labels(self.method, code.name).inc()
         RPC_LATENCY.labels(self.method).observe(elapsed)
         level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
+        if self.method in QUIET_METHODS and code == grpc.StatusCode.OK:
+            level = logging.DEBUG
         if log.isEnabledFor(level):
             fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
                       "peer": self.context.peer()}
