@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from trainforge.core import pagination
 from trainforge.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from trainforge.core.jobs import models as m
+from trainforge.core.jobs.queue_wake import QUEUE_CHANNEL
 from trainforge.core.registry.models import Page
 from trainforge.core.registry.validation import Violations, check_page_size
 
@@ -31,7 +32,7 @@ WITH bumped AS (
 )
 INSERT INTO job_events (job_id, seq, type, state, message, progress, metrics)
 SELECT id, event_seq, %(type)s, state, %(message)s, %(progress)s, %(metrics)s FROM bumped
-RETURNING seq
+RETURNING seq, state
 """
 
 
@@ -67,6 +68,8 @@ async def append_event(conn: psycopg.AsyncConnection, job_id: Any, type_: str, m
     row = await cur.fetchone()
     if row is not None:
         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{job_id}:{row['seq']}"))
+        if row["state"] == m.QUEUED:  # idle workers claim it now rather than at their next poll
+            await conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(job_id)))
     return row["seq"] if row else None
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
 from trainforge.core.jobs import models as m
+from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.resources import ProcessGroupSampler
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.models import Lineage, NewVersion
@@ -56,13 +57,18 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
+        wake = QueueWake(self.config.dsn)
+        wake.start()
+        try:
+            await self._loop(stop, wake)
+        finally:
+            await wake.close()
+
+    async def _loop(self, stop: asyncio.Event, wake: QueueWake) -> None:
         while not stop.is_set():
             job = await self.jobs.claim(self.worker_id, self.config.lease)
             if job is None:
-                try:
-                    await asyncio.wait_for(stop.wait(), self.config.poll_seconds)
-                except TimeoutError:
-                    pass
+                await wake.wait(stop, self.config.poll_seconds)
                 continue
             try:
                 await self.execute(job, stop)

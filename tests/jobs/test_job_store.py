@@ -11,6 +11,7 @@ from trainforge.core.db import migrate
 from trainforge.core.db.pool import open_pool
 from trainforge.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from trainforge.core.jobs import models as m
+from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.reporter import LeaseLost, PostgresReporter
 from trainforge.core.jobs.store import JobStore
 
@@ -18,10 +19,15 @@ SPEC = {"name": "demo", "model": "smollm2-135m", "training_data": {"path": "/dat
 
 
 @pytest.fixture
-async def store(postgres_cluster):
+def store_dsn(postgres_cluster) -> str:
     dsn = postgres_cluster.new_database("job_store")
     migrate.upgrade(dsn)
-    pool = await open_pool(dsn, min_size=1, max_size=8)
+    return dsn
+
+
+@pytest.fixture
+async def store(store_dsn):
+    pool = await open_pool(store_dsn, min_size=1, max_size=8)
     yield JobStore(pool, max_active_per_key=2)
     await pool.close()
 
@@ -116,3 +122,29 @@ async def test_statistics_and_listing(store):
     assert [j.name for j in page.items] == ["p"]
     with pytest.raises(InvalidArgument):
         await store.list(["EXPLODED"], 10, "")
+
+
+async def test_an_idle_worker_is_woken_when_a_job_is_queued_not_at_its_next_poll(store, store_dsn):
+    wake = QueueWake(store_dsn)
+    wake.start()
+    stop = asyncio.Event()
+    try:
+        await wake.wait(stop, 5.0)  # the first wake after LISTEN: look once for what is queued
+        loop = asyncio.get_running_loop()
+
+        async def waited(action, timeout: float) -> float:
+            waiting = asyncio.ensure_future(wake.wait(stop, timeout))
+            await asyncio.sleep(0.2)
+            started = loop.time()
+            await action()
+            await waiting
+            return loop.time() - started
+
+        # A job created without start is not queued: the wait runs to its timeout.
+        pending = await store.create("quiet", SPEC, "wake1", start=False)
+        assert await waited(lambda: store.create("quiet2", SPEC, "wake2", start=False), 1.5) > 1.2
+        # Started, or created with start: the wait ends at once, far before its 20 s poll.
+        assert await waited(lambda: store.start(pending.job_id), 20.0) < 2.0
+        assert await waited(lambda: store.create("loud", SPEC, "wake3", start=True), 20.0) < 2.0
+    finally:
+        await wake.close()

@@ -1,0 +1,61 @@
+"""Wakes idle workers when a job is queued, instead of leaving them to their next poll.
+
+Every event whose job is QUEUED after it (created with start, started, resumed, handed back by
+a stopping worker) also NOTIFYs QUEUE_CHANNEL, in the same transaction (core.jobs.store). An idle
+worker waits on that or on its poll interval, whichever comes first: the poll stays as the safety
+net for a missed notification or a lost LISTEN connection, which this module re-opens after a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+
+QUEUE_CHANNEL = "trainforge_job_queue"
+RECONNECT_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+class QueueWake:
+    """`wait(stop, timeout)` returns when a job was queued, `stop` is set, or `timeout` passed."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self._queued = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="trainforge-queue-wake")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    self._queued.set()  # anything queued while not listening is looked for once
+                    async for _ in conn.notifies():
+                        self._queued.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - polling covers the gap; reconnect later
+                log.warning("job queue LISTEN connection lost (%s); polling until it is back", exc)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def wait(self, stop: asyncio.Event, timeout: float) -> None:
+        queued = asyncio.ensure_future(self._queued.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({queued, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            queued.cancel()
+            stopping.cancel()
+        self._queued.clear()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
