@@ -60,11 +60,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_common import collect_versions, output_path, percentiles
 
 MODES = ("bf16", "w8a16", "w8a8_dynamic")
 BACKENDS = ("eager", "compiled")
@@ -124,13 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def output_path(arg: Path | None) -> Path:
-    if arg is not None:
-        return arg / "bench_decode.json" if arg.is_dir() else arg
-    out_dir = os.environ.get("OUT")
-    return Path(out_dir) / "bench_decode.json" if out_dir else Path("bench_decode.json")
-
-
 def missing_packages() -> list[str]:
     missing = [name for name in ("transformers", "safetensors") if importlib.util.find_spec(name) is None]
     try:
@@ -138,32 +132,6 @@ def missing_packages() -> list[str]:
     except ImportError as exc:
         missing.append(f"trainforge.core.compression ({exc})")
     return missing
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def collect_versions() -> dict[str, str]:
-    import torch
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda)}
-    out.update({d: _version(d) for d in ("transformers", "triton", "trainforge")})
-    return out
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    s = sorted(values)
-
-    def at(q: float) -> float:
-        pos = q * (len(s) - 1)
-        lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-    return {"p20": at(0.2), "p50": at(0.5), "p80": at(0.8)}
 
 
 def _error_text(exc: BaseException, limit: int = 1500) -> str:
@@ -301,10 +269,10 @@ class Runner:
         e2e = [batch * self.args.new_tokens / (r["t1"] - r["t0"]) for r in runs]
         metrics = {
             "batch": batch, "backend": backend, "reps": self.args.reps, "warmup_s": warmup_s,
-            "decode_tokens_per_s": _percentiles(tps),
-            "decode_ms_per_step": _percentiles([s / steps * 1e3 for s in decode_s]),
-            "prefill_ms": _percentiles(prefill_ms),
-            "end_to_end_tokens_per_s": _percentiles(e2e),
+            "decode_tokens_per_s": percentiles(tps),
+            "decode_ms_per_step": percentiles([s / steps * 1e3 for s in decode_s]),
+            "prefill_ms": percentiles(prefill_ms),
+            "end_to_end_tokens_per_s": percentiles(e2e),
         }  # fmt: skip
         return {"metrics": metrics, "tokens": runs[-1]["tokens"]}
 
@@ -396,7 +364,7 @@ def run(args: argparse.Namespace, device: str) -> int:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
             break
-    out_path = output_path(args.out)
+    out_path = output_path(args.out, "bench_decode.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name() if device == "cuda" else f"cpu (--dry-run, {args.dry_run_backend})"
     document: dict[str, Any] = {
@@ -404,7 +372,7 @@ def run(args: argparse.Namespace, device: str) -> int:
                      "HF generate with a static cache" + (" (DRY RUN: tiny model on a CPU, numbers meaningless)"
                                                           if args.dry_run else ""),  # fmt: skip
         "card": card,
-        "versions": collect_versions(),
+        "versions": collect_versions(("transformers", "triton", "trainforge")),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "dry_run": args.dry_run,
     }

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_common import output_path
+
 SECTIONS = ("quantize", "w8a8", "w8a16")
 QUANTIZE_SHAPE = (8192, 28672)
 W8A8_SHAPES = [(8192, 8192, 8192), (4096, 4096, 4096), (2048, 28672, 8192)] + [
@@ -101,13 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup_ms <= 0 or args.rep_ms <= 0:
         parser.error("--warmup-ms and --rep-ms must be positive")
     return args
-
-
-def output_path(arg: Path | None) -> Path:
-    if arg is not None:
-        return arg / "bench_kernels.json" if arg.is_dir() else arg
-    out_dir = os.environ.get("OUT")
-    return Path(out_dir) / "bench_kernels.json" if out_dir else Path("bench_kernels.json")
 
 
 def plan(sections=SECTIONS, *, dry_run: bool = False, quick: bool = False) -> dict:
@@ -451,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     todo = cases(args)
     failures: list[str] = []
     metrics: dict = {}
-    path = output_path(args.out)
+    path = output_path(args.out, "bench_kernels.json")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def report(complete: bool) -> dict:

@@ -53,7 +53,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -61,6 +60,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_common import collect_versions, output_path, percentiles
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL = 1.3  # issue 4: a trainforge job at >= 1.3x HF Trainer + torch.compile
@@ -106,13 +107,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def output_path(arg: Path | None) -> Path:
-    if arg is not None:
-        return arg / "bench_training.json" if arg.is_dir() else arg
-    out_dir = os.environ.get("OUT")
-    return Path(out_dir) / "bench_training.json" if out_dir else Path("bench_training.json")
-
-
 def peak_flops(device_name: str, override_tflops: float | None) -> tuple[float | None, str]:
     if override_tflops:
         return override_tflops * 1e12, f"--peak-tflops {override_tflops}"
@@ -129,21 +123,6 @@ def missing_packages() -> list[str]:
     except ImportError as exc:
         missing.append(f"trainforge.core.training ({exc})")
     return missing
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def collect_versions() -> dict[str, str]:
-    import torch
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda)}
-    out.update({d: _version(d) for d in ("transformers", "deepspeed", "trainforge", "triton", "accelerate")})
-    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,7 +215,7 @@ def child_hf(request_path: Path) -> int:
     result = {
         "tokens_per_s": tokens / seconds, "window_s": seconds, "steps": steps, "warmup_steps": warmup,
         "start_to_first_step_s": clock.marks[1] - started,  # includes torch.compile of the model
-        "host_step_ms": _percentiles(host_ms), "parameters": params, "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "host_step_ms": percentiles(host_ms), "parameters": params, "optimizer": str(getattr(args.optim, "value", args.optim)),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
     }
@@ -321,17 +300,6 @@ async def run_trainforge(work: Path, dims: dict[str, int], shape, mode: str) -> 
 # ------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    s = sorted(values)
-
-    def at(q: float) -> float:
-        pos = q * (len(s) - 1)
-        lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-    return {"p20": at(0.2), "p50": at(0.5), "p80": at(0.8)}
 
 
 def _mfu(tokens_per_s: float, params: int, dims: dict[str, int], peak: float | None) -> dict[str, float | None]:
@@ -426,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "training-gpu: GPT-2 124M from config, batch 16 x 1024, bf16: trainforge vs HF Trainer + "
                      "torch.compile" + (" (DRY RUN: tiny model on a CPU, numbers meaningless)" if args.dry_run else ""),
         "card": device_name,
-        "versions": collect_versions(),
+        "versions": collect_versions(("transformers", "deepspeed", "trainforge", "triton", "accelerate")),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": {**dims, "steps": args.steps, "warmup_steps": args.warmup_steps, "parameters": params,
                    "bf16": cuda, "trainforge_as": recipe_as, "peak_bf16_flops": peak, "peak_source": peak_source,
@@ -438,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             "goal": GOAL, "met": bool(ratios) and ratios["job_vs_hf_trainer_compile_tokens_per_s_gpu"] >= GOAL}},
         "anchors": ANCHORS,
     }
-    out = output_path(args.out)
+    out = output_path(args.out, "bench_training.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps({"ratios": ratios, "card": device_name}, indent=2))
