@@ -74,8 +74,8 @@ RULES: dict[str, Rule] = {
     "/grpc.health.v1.Health/List": _r(ANONYMOUS),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _r("viewer"),
     # The gateway's body check (server.body_check_service) carries no key: it only reads the body
-    # it is sent and answers with a header; the call it checks is authorised on its own.
-    "/envoy.service.ext_proc.v3.ExternalProcessor/Process": _r(ANONYMOUS),
+    # it is sent and answers with a header; the call it checks is authorised on its own here.
+    "/envoy.service.auth.v3.Authorization/Check": _r(ANONYMOUS),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -90,11 +90,11 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
                                    settings.data_dir / "compression")
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry, compressor), server)
     deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
-    # The gateway's ext_proc filter: REST body keys the transcoder would drop (server.body_fields).
+    # The gateway's body check: REST body keys the transcoder would drop (server.body_fields).
     schema = BodySchema([training_pb2.DESCRIPTOR.services_by_name["TrainingService"],
                          registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
                          deploy_pb2.DESCRIPTOR.services_by_name["DeployService"]])
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(BodyCheckService(schema), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BodyCheckService(schema), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

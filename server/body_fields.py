@@ -4,7 +4,7 @@ Envoy's grpc_json_transcoder parses request bodies with unknown fields ignored, 
 to refuse them (envoyproxy/envoy#46623): a typo such as `learning_rat` would train with the
 default learning rate and answer 200. `BodySchema` knows, from the `google.api.http` rules in the
 services' descriptors, which message a (method, path) body is parsed into, and lists every key
-that message (recursively) has no field for. The gateway's ext_proc filter asks the server
+that message (recursively) has no field for. The gateway's ext_authz filter asks the server
 (server.body_check_service) before transcoding; the server then refuses the call with
 INVALID_ARGUMENT naming each key (server.interceptors).
 

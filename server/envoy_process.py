@@ -52,6 +52,8 @@ def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_
     for http_filter in hcm["http_filters"]:
         if http_filter["name"] == "envoy.filters.http.buffer":
             http_filter["typed_config"]["max_request_bytes"] = max_request_bytes
+        if http_filter["name"] == "envoy.filters.http.ext_authz":
+            http_filter["typed_config"]["with_request_body"]["max_request_bytes"] = max_request_bytes
         if http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
             http_filter["typed_config"]["proto_descriptor"] = str(gateway_file("trainforge.pb"))
             http_filter["typed_config"]["max_request_body_size"] = max_request_bytes

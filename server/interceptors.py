@@ -26,7 +26,7 @@ log = logging.getLogger("trainforge.rpc")
 REQUEST_ID_KEY = "x-request-id"
 # The gateway's body check runs once per REST call with a body: logged at DEBUG when it succeeds,
 # so the access log holds one line per call, the call's own.
-QUIET_METHODS = frozenset({"/envoy.service.ext_proc.v3.ExternalProcessor/Process"})
+QUIET_METHODS = frozenset({"/envoy.service.auth.v3.Authorization/Check"})
 
 
 def _request_id(metadata) -> str:
