@@ -1,6 +1,6 @@
 """REST bodies with keys the API does not define are refused, not silently trimmed.
 
-Envoy's transcoder drops unknown JSON keys; the gateway's ext_proc filter asks the server
+Envoy's transcoder drops unknown JSON keys; the gateway's ext_authz filter asks the server
 (server.body_check_service) which keys those are, and the server refuses the call with 400
 INVALID_ARGUMENT naming each of them, after authentication, before anything is written."""
 
