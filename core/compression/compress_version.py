@@ -123,7 +123,7 @@ class VersionCompressor:
                 architecture=source.architecture, performance_metrics=metrics, tags=source.tags,
                 lineage=Lineage(base_model=f"{source.name}:{source.version}",
                                 parent_model_version_id=source.model_version_id,
-                                config={"compression": _compression_record(result, req.force)}),
+                                config={"compression": _compression_record(result, req.force, self.data_root)}),
                 changelog=_changelog(source, mode, metrics, gate, result["gate_passed"]))
             return await self.registry.register(new, artifacts_dir=output)
         finally:
@@ -175,12 +175,19 @@ def _gate_failure(source: ModelVersion, mode: str, gate: float, metrics: dict[st
                   "perplexity_increase": repr(increase), "max_perplexity_increase": repr(gate)})
 
 
-def _compression_record(result: dict[str, Any], forced: bool) -> dict[str, Any]:
+def _compression_record(result: dict[str, Any], forced: bool, data_root: Path) -> dict[str, Any]:
+    """What lineage.config.compression keeps. Data files are named relative to the data root, as
+    users name them: the server's own directories are not the registry readers' business."""
     keys = ("mode", "format", "dtype", "skip", "max_perplexity_increase", "gate_passed", "eval_data", "eval_samples",
             "source_size_bytes", "size_bytes", "seconds")
+    record = {"type": "quantization", "precision": "int8", "forced": forced, **{k: result[k] for k in keys}}
     # smoothing: {method, alpha, mappings, kinds, refused, calibration_tokens, calibration_data}, or None (w8a16)
-    return {"type": "quantization", "precision": "int8", "forced": forced, **{k: result[k] for k in keys},
-            "smoothing": result.get("smoothing")}
+    smoothing = dict(result["smoothing"]) if result.get("smoothing") else None
+    root = str(Path(data_root).resolve()) + "/"
+    record["eval_data"] = str(record["eval_data"]).replace(root, "")
+    if smoothing and isinstance(smoothing.get("calibration_data"), str):
+        smoothing["calibration_data"] = smoothing["calibration_data"].replace(root, "")
+    return {**record, "smoothing": smoothing}
 
 
 def _changelog(source: ModelVersion, mode: str, metrics: dict[str, float], gate: float, passed: bool) -> str:

@@ -100,3 +100,19 @@ def test_an_int8_folder_under_the_models_root_is_refused_as_a_base(rest, setting
         (folder / name).write_bytes(data)
     reply = rest.post("/api/training/jobs", tiny_job("from-int8-folder", model=folder.name))
     assert reply.status == 400 and "int8" in violations(reply)["model"], reply
+
+
+def test_the_compression_record_names_data_relative_to_the_data_root(tmp_path):
+    from trainforge.core.compression.compress_version import _compression_record
+
+    root = tmp_path / "training-data"
+    result = {"mode": "w8a8_dynamic", "format": "int-quantized", "dtype": "bfloat16", "skip": ["lm_head"],
+              "max_perplexity_increase": 0.02, "gate_passed": True, "eval_data": f"{root.resolve()}/team/facts.jsonl",
+              "eval_samples": 3, "source_size_bytes": 10, "size_bytes": 6, "seconds": 1.0,
+              "smoothing": {"alpha": 0.5, "calibration_data": f"{root.resolve()}/team/facts.jsonl (training rows)"}}
+    record = _compression_record(result, False, root)
+    assert record["eval_data"] == "team/facts.jsonl"
+    assert record["smoothing"]["calibration_data"] == "team/facts.jsonl (training rows)"
+    assert str(tmp_path) not in json.dumps(record)
+    assert _compression_record({**result, "smoothing": None, "eval_data": "heldout_text"}, True, root)[
+        "eval_data"] == "heldout_text"
