@@ -27,6 +27,12 @@ def hostile_tree(settings) -> Path:
     outside = settings.data_dir / "outside"
     outside.mkdir(exist_ok=True)
     (outside / "secret.txt").write_text("secret")
+    _plant_escapes(root, outside)
+    return outside
+
+
+def _plant_escapes(root: Path, outside: Path) -> None:
+    """Under `root`: two symlinks out to `outside`, a symlink loop and a FIFO."""
     for link, target in (("escape-link", outside), ("deep/escape-link", outside), ("loop-link", root / "loop-link")):
         path = root / link
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +40,6 @@ def hostile_tree(settings) -> Path:
             path.symlink_to(target)
     if not (root / "fifo").exists():
         os.mkfifo(root / "fifo")
-    return outside
 
 
 def _snapshot(root: Path) -> set[str]:
@@ -87,15 +92,7 @@ def test_upload_paths(grpc_channel, settings, path):
 @pytest.fixture(scope="module")
 def hostile_data_tree(settings, hostile_tree) -> Path:
     """The same escapes under the data root, where job and evaluation data are read from."""
-    root = settings.data_dir_root
-    for link, target in (("escape-link", hostile_tree), ("deep/escape-link", hostile_tree),
-                         ("loop-link", root / "loop-link")):
-        path = root / link
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_symlink():
-            path.symlink_to(target)
-    if not (root / "fifo").exists():
-        os.mkfifo(root / "fifo")
+    _plant_escapes(settings.data_dir_root, hostile_tree)
     return hostile_tree
 
 
