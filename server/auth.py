@@ -9,19 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import psycopg
-
 from trainforge.core.access.audit import AuditLog, Entry
 from trainforge.core.access.keys import ROLE_RANK, ApiKey, KeyStore
+from trainforge.core.db.listen import listen_forever
 from trainforge.core.errors import PermissionDenied, Unauthenticated
 from trainforge.server.access_rules import ANONYMOUS, RULES, Rule, resource_of
-
-log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 30.0  # revocation reaches servers at once through NOTIFY; the TTL bounds a missed one
 TOUCH_SECONDS = 60.0  # last_used_time is written at most once a minute per key
@@ -74,20 +70,13 @@ class Authorizer:
                 pass
 
     async def _listen(self, dsn: str) -> None:
-        """Drop cached keys when `trainforge keys revoke` (any process) notifies a revocation."""
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                    await conn.execute("LISTEN trainforge_api_keys")
-                    self._cache.clear()  # anything could have changed while not listening
-                    async for notice in conn.notifies():
-                        self._cache = {t: e for t, e in self._cache.items() if e[0].key_id != notice.payload}
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - reconnect; the cache TTL covers the gap
-                log.warning("api key listener lost its connection; reconnecting", exc_info=True)
-                self._cache.clear()
-                await asyncio.sleep(1)
+        """Drop cached keys when `trainforge keys revoke` (any process) notifies a revocation;
+        drop them all when not listening (the cache TTL covers a reconnect's gap)."""
+        def revoked(key_id: str) -> None:
+            self._cache = {t: e for t, e in self._cache.items() if e[0].key_id != key_id}
+
+        await listen_forever(dsn, "trainforge_api_keys", revoked, on_connect=self._cache.clear,
+                             on_lost=self._cache.clear)
 
     # -- checks ------------------------------------------------------------------------------
     async def identify(self, method: str, metadata) -> tuple[Principal, Rule]:

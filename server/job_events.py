@@ -5,14 +5,10 @@ so a missed notification only delays a stream (it re-reads on a timeout) and nev
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 
-import psycopg
-
+from trainforge.core.db.listen import listen_forever
 from trainforge.core.jobs.store import NOTIFY_CHANNEL
-
-log = logging.getLogger(__name__)
 
 
 class JobEventBroker:
@@ -33,21 +29,13 @@ class JobEventBroker:
                 pass
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._wake_all()
-                    async for notice in conn.notifies():
-                        job_id = notice.payload.split(":", 1)[0]
-                        for event in self._waiters.get(job_id, ()):
-                            event.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - reconnect; streams fall back to their poll timeout
-                log.warning("job event listener lost its connection; reconnecting", exc_info=True)
-                self._wake_all()
-                await asyncio.sleep(1)
+        # Woken on (re)connect and on a lost connection: streams re-read, then wait on their timeout.
+        await listen_forever(self.dsn, NOTIFY_CHANNEL, self._wake_job, on_connect=self._wake_all,
+                             on_lost=self._wake_all)
+
+    def _wake_job(self, payload: str) -> None:
+        for event in self._waiters.get(payload.split(":", 1)[0], ()):  # payload: "<job_id>:<seq>"
+            event.set()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():

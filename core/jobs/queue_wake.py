@@ -9,14 +9,11 @@ net for a missed notification or a lost LISTEN connection, which this module re-
 from __future__ import annotations
 
 import asyncio
-import logging
 
-import psycopg
+from trainforge.core.db.listen import listen_forever
 
 QUEUE_CHANNEL = "trainforge_job_queue"
 RECONNECT_SECONDS = 5.0
-
-log = logging.getLogger(__name__)
 
 
 class QueueWake:
@@ -31,18 +28,9 @@ class QueueWake:
         self._task = asyncio.create_task(self._listen(), name="trainforge-queue-wake")
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {QUEUE_CHANNEL}")
-                    self._queued.set()  # anything queued while not listening is looked for once
-                    async for _ in conn.notifies():
-                        self._queued.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - polling covers the gap; reconnect later
-                log.warning("job queue LISTEN connection lost (%s); polling until it is back", exc)
-            await asyncio.sleep(RECONNECT_SECONDS)
+        # On (re)connect, anything queued while not listening is looked for once.
+        await listen_forever(self.dsn, QUEUE_CHANNEL, lambda _: self._queued.set(), on_connect=self._queued.set,
+                             retry_seconds=RECONNECT_SECONDS)
 
     async def wait(self, stop: asyncio.Event, timeout: float) -> None:
         queued = asyncio.ensure_future(self._queued.wait())
