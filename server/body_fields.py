@@ -70,9 +70,6 @@ class BodySchema:
 
     def __init__(self, services: list[ServiceDescriptor]):
         self._routes: list[_Route] = []
-        # The gateway's filter sees the path after the transcoder rewrote it to the gRPC method
-        # (`/trainforge.v1.RegistryService/RegisterModel`): its rule's body, looked up directly.
-        self._by_method: dict[str, _Route] = {}
         for service in services:
             for method in service.methods:
                 options = method.GetOptions()
@@ -80,15 +77,13 @@ class BodySchema:
                     continue
                 rule = options.Extensions[annotations_pb2.http]
                 for binding in [rule, *rule.additional_bindings]:
-                    route = self._add(binding, method.input_type)
-                    if route is not None:
-                        self._by_method.setdefault(f"/{service.full_name}/{method.name}", route)
+                    self._add(binding, method.input_type)
         self._routes.sort(key=lambda r: r.variables)
 
-    def _add(self, binding: http_pb2.HttpRule, request: Descriptor) -> _Route | None:
+    def _add(self, binding: http_pb2.HttpRule, request: Descriptor) -> None:
         kind = binding.WhichOneof("pattern")
         if kind is None or not binding.body:
-            return None  # no body: nothing the transcoder could drop
+            return  # no body: nothing the transcoder could drop
         template = binding.custom.path if kind == "custom" else getattr(binding, kind)
         verb = binding.custom.kind if kind == "custom" else kind.upper()
         if binding.body == "*":
@@ -96,16 +91,12 @@ class BodySchema:
         else:
             body, bound = request.fields_by_name[binding.body].message_type, frozenset()
             if body is None:
-                return None  # a scalar body field: no keys to check
-        route = _Route(verb, _template_regex(template), body, bound, template.count("{"))
-        self._routes.append(route)
-        return route
+                return  # a scalar body field: no keys to check
+        self._routes.append(_Route(verb, _template_regex(template), body, bound, template.count("{")))
 
     def message_for(self, method: str, path: str) -> _Route | None:
-        """The body's route, by gRPC method path (after transcoding) or by REST method and path."""
+        """The body's route for a REST method and path (query string ignored)."""
         path = path.split("?", 1)[0]
-        if path in self._by_method:
-            return self._by_method[path]
         for route in self._routes:
             if route.method == method.upper() and route.pattern.match(path):
                 return route

@@ -58,9 +58,10 @@ class _Call:
             self.authorizer.check(self.principal, self.rule, self.method)
         for key, value in self.metadata:
             if key == UNKNOWN_FIELDS_HEADER:  # set by the gateway only (server.body_check_service)
-                raise InvalidArgument([FieldViolation(p.field, p.description) for p in decode(value)],
+                unknown = decode(value)
+                raise InvalidArgument([FieldViolation(p.field, p.description) for p in unknown],
                                       message="the request body has fields this API does not define: "
-                                      + ", ".join(p.field for p in decode(value)))
+                                      + ", ".join(p.field for p in unknown))
 
     def begin(self) -> None:
         # In the trailers, which every call sends anyway: an extra initial-metadata send per call
