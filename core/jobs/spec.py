@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.core.errors import FieldViolation, NotFound
+from trainforge.core.registry.models import split_registry_ref
 from trainforge.core.registry.store import RegistryStore
 
 COMPRESSED = "compressed"
@@ -45,7 +46,7 @@ class JobSpecPreparer:
         kind, _ = await asyncio.to_thread(classify_model_reference, model, Path(self.models_root))
         if kind != "registry":
             return []
-        name, _, selector = model.rpartition("@") if "@" in model else model.rpartition(":")
+        name, selector = split_registry_ref(model)
         try:
             version = await self.registry.get_version(name, selector)
         except NotFound as exc:

@@ -22,7 +22,7 @@ from trainforge.core.jobs import models as m
 from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.resources import ProcessGroupSampler
 from trainforge.core.jobs.store import JobStore
-from trainforge.core.registry.models import Lineage, NewVersion
+from trainforge.core.registry.models import Lineage, NewVersion, split_registry_ref
 from trainforge.core.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Worker:
         if resolved.get("model_source") != "registry":
             return spec
         ref = spec["model"]
-        name, sep, selector = ref.rpartition("@") if "@" in ref else ref.rpartition(":")
+        name, selector = split_registry_ref(ref)
         cache = self.config.model_cache or (self.config.jobs_dir / ".registry-cache")
         folder = await self.registry.materialize(name, selector, cache / "registry")
         resolved["model_path"] = str(folder)

@@ -9,6 +9,13 @@ from typing import Any
 MODEL_TYPES = ("pretrained", "fine_tuned", "compressed", "custom")
 
 
+
+def split_registry_ref(ref: str) -> tuple[str, str]:
+    """`name@alias` or `name:version` -> (name, alias or version); names may hold `/` and `:`
+    before the last separator, so the last `@` (else the last `:`) splits."""
+    name, _, selector = ref.rpartition("@") if "@" in ref else ref.rpartition(":")
+    return name, selector
+
 @dataclass(frozen=True)
 class Architecture:
     model_family: str = ""

@@ -48,6 +48,7 @@ from trainforge.core.registry.models import (
     RegistryHealth,
     UsageStats,
     Verification,
+    split_registry_ref,
 )
 
 # Deployment states in which a version is being served; such versions are not deleted unforced.
@@ -206,10 +207,8 @@ class RegistryStore:
 
     async def _resolve_ref(self, conn: psycopg.AsyncConnection, ref: str, field: str) -> ModelVersion:
         """`<model_version_id>`, `name:version` or `name@alias`."""
-        if "@" in ref:
-            name, _, selector = ref.rpartition("@")
-        elif ":" in ref:
-            name, _, selector = ref.rpartition(":")
+        if "@" in ref or ":" in ref:
+            name, selector = split_registry_ref(ref)
         elif _is_uuid(ref):
             cur = await conn.execute(_VERSION_SELECT + " WHERE v.id = %s", (ref,))
             row = await cur.fetchone()
