@@ -98,40 +98,41 @@ def _report(job: pb.Job, verb: str) -> None:
         console.print(f"job {job.job_id} is {styled_state(job.status)}")
 
 
+def _request_transition(job_id: str, server: str, api_key: str, as_json: bool, verb: str) -> None:
+    """StartJob / CancelJob / PauseJob / ResumeJob: the RPC named by `verb`, then its report."""
+    rpc, request = {"start": ("StartJob", pb.StartJobRequest), "cancel": ("CancelJob", pb.CancelJobRequest),
+                    "pause": ("PauseJob", pb.PauseJobRequest), "resume": ("ResumeJob", pb.ResumeJobRequest)}[verb]
+    with training_client(server, api_key) as stub:
+        reply = getattr(stub, rpc)(request(job_id=job_id))
+    return print_json(reply) if as_json else _report(reply.data, verb)
+
+
 @app.command("start")
 def jobs_start(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
                as_json: JsonOpt = False) -> None:
     """Queue a PENDING job (one created with `train --no-start`)."""
-    with training_client(server, api_key) as stub:
-        reply = stub.StartJob(pb.StartJobRequest(job_id=job_id))
-    return print_json(reply) if as_json else _report(reply.data, "start")
+    return _request_transition(job_id, server, api_key, as_json, "start")
 
 
 @app.command("cancel")
 def jobs_cancel(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
                 as_json: JsonOpt = False) -> None:
     """Cancel a job; a running one stops within 10 s and keeps its last checkpoint."""
-    with training_client(server, api_key) as stub:
-        reply = stub.CancelJob(pb.CancelJobRequest(job_id=job_id))
-    return print_json(reply) if as_json else _report(reply.data, "cancel")
+    return _request_transition(job_id, server, api_key, as_json, "cancel")
 
 
 @app.command("pause")
 def jobs_pause(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
                as_json: JsonOpt = False) -> None:
     """Pause a queued or running job (a running one checkpoints first)."""
-    with training_client(server, api_key) as stub:
-        reply = stub.PauseJob(pb.PauseJobRequest(job_id=job_id))
-    return print_json(reply) if as_json else _report(reply.data, "pause")
+    return _request_transition(job_id, server, api_key, as_json, "pause")
 
 
 @app.command("resume")
 def jobs_resume(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
                 as_json: JsonOpt = False) -> None:
     """Queue a paused job again; it resumes from its last checkpoint."""
-    with training_client(server, api_key) as stub:
-        reply = stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id))
-    return print_json(reply) if as_json else _report(reply.data, "resume")
+    return _request_transition(job_id, server, api_key, as_json, "resume")
 
 
 class _WatchView:
