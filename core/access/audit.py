@@ -96,19 +96,9 @@ class AuditLog:
 
     async def list(self, *, resource: str = "", key_id: str = "", since: datetime | None = None,
                    until: datetime | None = None, limit: int = 100) -> list[AuditRecord]:
-        where, params = [], []
-        if resource:
-            where.append("resource = %s")
-            params.append(resource)
-        if key_id:
-            where.append("key_id = %s")
-            params.append(key_id)
-        if since:
-            where.append("time >= %s")
-            params.append(since)
-        if until:
-            where.append("time < %s")
-            params.append(until)
+        conditions = [(clause, value) for clause, value in (("resource = %s", resource), ("key_id = %s", key_id),
+                                                      ("time >= %s", since), ("time < %s", until)) if value]
+        where, params = [c for c, _ in conditions], [v for _, v in conditions]
         sql = "SELECT * FROM audit_log" + (f" WHERE {' AND '.join(where)}" if where else "")
         async with self.pool.connection() as conn:
             cur = await conn.execute(sql + " ORDER BY seq DESC LIMIT %s", (*params, limit))
