@@ -41,14 +41,19 @@ def events(proc: subprocess.CompletedProcess, kind: str) -> list[dict]:
     return [e for e in lines if e["event"] == kind]
 
 
-def test_two_process_zero2_over_gloo_pauses_resumes_and_saves(roots, tmp_path):
-    pytest.importorskip("deepspeed")
+def _zero2_job(roots, tmp_path) -> tuple[dict, Path, Path]:
+    """A 2-process ZeRO-2 spec of the tiny model, its resolved job file, and an output folder."""
     data_root, models_root = roots
     spec = tiny_spec(hyperparameters={"epochs": 2, "save_steps": 100},
                      distributed={"enabled": True, "strategy": "zero", "world_size": 2, "zero_stage": 2})
     job = tmp_path / "job.json"
     job.write_text(json.dumps(to_dict(validate_config(spec, data_root, models_root))))
-    out = tmp_path / "out"
+    return spec, job, tmp_path / "out"
+
+
+def test_two_process_zero2_over_gloo_pauses_resumes_and_saves(roots, tmp_path):
+    pytest.importorskip("deepspeed")
+    _, job, out = _zero2_job(roots, tmp_path)
 
     first = launch(job, out, pause_at=2)
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
@@ -86,11 +91,7 @@ def test_a_zero2_checkpoint_resumes_on_another_number_of_processes(roots, tmp_pa
     suite under a minute."""
     pytest.importorskip("deepspeed")
     data_root, models_root = roots
-    spec = tiny_spec(hyperparameters={"epochs": 2, "save_steps": 100},
-                     distributed={"enabled": True, "strategy": "zero", "world_size": 2, "zero_stage": 2})
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps(to_dict(validate_config(spec, data_root, models_root))))
-    out = tmp_path / "out"
+    spec, job, out = _zero2_job(roots, tmp_path)
     first = launch(job, out, pause_at=2)
     assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
 
