@@ -8,7 +8,6 @@ off the server's event loop and out of its GIL, as core.jobs.evaluation does for
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import shutil
 import time
@@ -29,6 +28,7 @@ from trainforge.core.paths import confine
 from trainforge.core.registry.models import Lineage, ModelVersion, NewVersion
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.registry.validation import VERSION_RE
+from trainforge.core.training.model_loading import int8_checkpoint_method
 
 COMPRESSION_TYPES = ("quantization",)
 PRECISIONS = ("int8",)
@@ -103,7 +103,7 @@ class VersionCompressor:
         gate = DEFAULT_MAX_PERPLEXITY_INCREASE if req.max_perplexity_increase is None else req.max_perplexity_increase
 
         folder = await self.registry.materialize(source.name, source.version, self.cache_root)
-        if _is_quantized(folder):
+        if int8_checkpoint_method(folder) is not None:
             raise FailedPrecondition(f"version {source.version!r} of {source.name!r} holds a quantized checkpoint",
                                      reason="ALREADY_COMPRESSED",
                                      metadata={"model": source.name, "version": source.version})
@@ -137,13 +137,6 @@ class VersionCompressor:
             return
         raise AlreadyExists(f"model {name!r} already has a version {target!r}; pass another target_version",
                             metadata={"model": name, "version": target})
-
-
-def _is_quantized(folder: Path) -> bool:
-    try:
-        return "quantization_config" in json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def _eval_data(source: ModelVersion, data_root: Path) -> dict[str, Any]:
