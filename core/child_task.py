@@ -1,11 +1,11 @@
-"""CPU-heavy work the server must not run on its event loop (evaluation, compression) runs as
-`python -m <module>` in a child process: the request goes in as one JSON object on stdin, the
-outcome comes back as one JSON line on stdout — `{"result": ...}`, or `{"error": ...}` with the
-field violations of an InvalidArgument, which the parent raises again as its own."""
+"""CPU-heavy work of a job (evaluation, compression) runs as `python -m <module>` in a child process
+that the worker supervises like a training process (core.jobs.worker): the request goes in as one
+JSON object on stdin, the outcome comes back as one JSON line on stdout — `{"result": ...}`, or
+`{"error": ...}` with the field violations of an InvalidArgument, which the parent raises again as
+its own (`read_reply`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -14,25 +14,17 @@ from typing import Any
 from trainforge.core.errors import FieldViolation, InvalidArgument, Unavailable
 
 
-async def run_in_child(module: str, request: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise Unavailable(f"{what} took longer than {timeout:.0f} s") from None
-    lines = out.decode().strip().splitlines()
+def read_reply(stdout: str, stderr_tail: str, returncode: int | None, what: str) -> dict[str, Any]:
+    """The parent's side: the child's result, or its failure raised as a domain error."""
+    lines = stdout.strip().splitlines()
     try:
         reply = json.loads(lines[-1]) if lines else {}
     except ValueError:
         reply = {}
-    if process.returncode != 0 or "error" in reply or "result" not in reply:
+    if returncode != 0 or "error" in reply or "result" not in reply:
         if reply.get("violations"):
             raise InvalidArgument([FieldViolation(v["field"], v["description"]) for v in reply["violations"]])
-        error = reply.get("error") or " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+        error = reply.get("error") or f"exited with {returncode}: {stderr_tail}"
         raise Unavailable(f"{what} failed: {error}"[:2000])
     return reply["result"]
 

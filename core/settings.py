@@ -58,6 +58,11 @@ class Settings(BaseModel):
     job_lease_seconds: float = Field(30.0, gt=0)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
+    # The most jobs of each kind running at once, across every worker on this database (0: no
+    # limit beyond the number of workers). Compression holds two copies of a model in memory.
+    max_running_training_jobs: int = Field(0, ge=0, le=10_000)
+    max_running_evaluation_jobs: int = Field(2, ge=0, le=10_000)
+    max_running_compression_jobs: int = Field(1, ge=0, le=10_000)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -80,6 +85,14 @@ class Settings(BaseModel):
                 raise ValueError("auth_enabled is false, so the server may only listen on loopback; "
                                  f"got {', '.join(exposed)}")
         return self
+
+    @property
+    def max_running_per_kind(self) -> dict[str, int]:
+        """The per-kind limits keyed by job kind (core.jobs.models.KINDS)."""
+        from trainforge.core.jobs import models as jobs
+
+        return {jobs.TRAINING: self.max_running_training_jobs, jobs.EVALUATION: self.max_running_evaluation_jobs,
+                jobs.COMPRESSION: self.max_running_compression_jobs}
 
     def resolve(self, path: Path) -> Path:
         """A configured root as an absolute path (relative ones live under data_dir)."""

@@ -82,13 +82,13 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
             ("grpc.so_reuseport", 0),
         ],
     )
-    evaluator = ModelEvaluator(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry")
+    evaluator = ModelEvaluator(deps.registry, settings.data_dir_root)
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
         TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, evaluator, started=time.monotonic()),
         server)
-    compressor = VersionCompressor(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry",
-                                   settings.data_dir / "compression")
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry, compressor), server)
+    compressor = VersionCompressor(deps.registry, settings.data_dir_root)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry, compressor, deps.jobs),
+                                                            server)
     deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
     # The gateway's body check: REST body keys the transcoder would drop (server.body_fields).
     schema = BodySchema([training_pb2.DESCRIPTOR.services_by_name["TrainingService"],

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.rpc import status_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from trainforge.core.registry import models as domain
+from trainforge.server.errors import code_of_error_type
 from trainforge.v1 import registry_pb2 as pb
 from trainforge.v1 import training_pb2
 
@@ -165,18 +166,36 @@ def progress(values: dict) -> training_pb2.Progress:
 
 
 def job(j) -> training_pb2.Job:
-    spec = training_pb2.JobSpec()
-    json_format.ParseDict(j.spec, spec, ignore_unknown_fields=True)
     error = None
     if j.error:
-        error = status_pb2.Status(code=int(j.error.get("code", 13)), message=j.error.get("message", ""))
+        details = []
+        if j.error.get("reason"):
+            info = any_pb2.Any()
+            info.Pack(error_details_pb2.ErrorInfo(reason=j.error["reason"], domain="trainforge",
+                                                  metadata=j.error.get("metadata") or {}))
+            details.append(info)
+        code = j.error["code"] if "code" in j.error else code_of_error_type(j.error.get("type", ""))
+        error = status_pb2.Status(code=int(code), message=j.error.get("message", ""),
+                                  details=details)
     resources = training_pb2.ResourceUsage(**{k: float(v) for k, v in (j.resources or {}).items()
                                               if k in training_pb2.ResourceUsage.DESCRIPTOR.fields_by_name})
-    return training_pb2.Job(
-        job_id=j.job_id, spec=spec, status=training_pb2.JobState.Value("JOB_STATE_" + j.state),
+    message = training_pb2.Job(
+        job_id=j.job_id, status=training_pb2.JobState.Value("JOB_STATE_" + j.state),
+        kind=training_pb2.JobKind.Value("JOB_KIND_" + j.kind),
         progress=progress(j.progress or {}), metrics=job_metrics(j.metrics or {}), resources=resources,
         error=error, result_model_version_id=j.result_model_version_id, attempt=j.attempt,
         create_time=timestamp(j.create_time), start_time=timestamp(j.start_time), end_time=timestamp(j.end_time))
+    # Each kind's request and result have their own fields; the stored documents may carry keys
+    # that are not fields (a training spec's `resolved` paths), which are left out.
+    spec_field, result_field = _KIND_FIELDS[j.kind]
+    json_format.ParseDict(j.spec, getattr(message, spec_field), ignore_unknown_fields=True)
+    if j.result and result_field:
+        json_format.ParseDict(j.result, getattr(message, result_field), ignore_unknown_fields=True)
+    return message
+
+
+_KIND_FIELDS = {"TRAINING": ("spec", ""), "EVALUATION": ("evaluation", "evaluation_result"),
+                "COMPRESSION": ("compression", "compression_result")}
 
 
 def job_event(e) -> training_pb2.JobEvent:

@@ -38,6 +38,14 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def code_of_error_type(name: str) -> int:
+    """The google.rpc code number for the domain error class called `name`: how a job's recorded
+    error (core.jobs.worker stores the class name) is reported on the job. INTERNAL if unknown."""
+    cls = getattr(errors, name, None)
+    code = ERROR_CODES.get(cls, grpc.StatusCode.INTERNAL) if isinstance(cls, type) else grpc.StatusCode.INTERNAL
+    return code.value[0]
+
+
 def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -1,4 +1,5 @@
-"""RegistryService: translates requests into RegistryStore calls and results into responses."""
+"""RegistryService: translates requests into RegistryStore calls and results into responses.
+CompressModel queues a job of kind COMPRESSION (core.compression.compress_version)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ from collections.abc import AsyncIterator
 
 from trainforge.core.compression.compress_version import CompressRequest, VersionCompressor
 from trainforge.core.errors import Unimplemented
+from trainforge.core.jobs import models as jm
+from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.store import RegistryStore
 from trainforge.server import convert
+from trainforge.server.auth import current_principal
 from trainforge.v1 import registry_pb2 as pb
 from trainforge.v1 import registry_pb2_grpc
 
 
 class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, compressor: VersionCompressor | None = None):
+    def __init__(self, store: RegistryStore, compressor: VersionCompressor | None = None, jobs: JobStore | None = None):
         self.store = store
-        self.compressor = compressor
+        self.compressor, self.jobs = compressor, jobs
 
     async def RegisterModel(self, request: pb.RegisterModelRequest, context) -> pb.RegisterModelResponse:
         version = await self.store.register(convert.new_version(request.model_version))
@@ -116,14 +120,16 @@ class RegistryService(registry_pb2_grpc.RegistryServiceServicer):
         return pb.GetModelHistoryResponse(data=convert.history(await self.store.history(request.model_id)))
 
     async def CompressModel(self, request: pb.CompressModelRequest, context) -> pb.CompressModelResponse:
-        if self.compressor is None:
+        if self.compressor is None or self.jobs is None:
             raise Unimplemented("int8 model compression (CompressModel)")
         gate = request.max_perplexity_increase if request.HasField("max_perplexity_increase") else None
-        version = await self.compressor.compress(CompressRequest(
+        spec = await self.compressor.plan(CompressRequest(
             model_id=request.model_id, version=request.version, compression_type=request.compression_type,
             precision=request.precision, mode=request.mode, max_perplexity_increase=gate, force=request.force,
             target_version=request.target_version))
-        return pb.CompressModelResponse(data=convert.model_version(version))
+        job = await self.jobs.create(f"compress {spec['model_name']}:{spec['version']}", spec,
+                                     current_principal().key_id, start=True, kind=jm.COMPRESSION)
+        return pb.CompressModelResponse(data=convert.job(job))
 
     async def GetRegistryHealth(self, request: pb.GetRegistryHealthRequest, context) -> pb.GetRegistryHealthResponse:
         return pb.GetRegistryHealthResponse(data=convert.registry_health(await self.store.health()))

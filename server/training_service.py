@@ -1,5 +1,6 @@
 """TrainingService: jobs (create, list, get, start, cancel, pause, resume, watch, events,
-checkpoints), evaluation, statistics and system health. Synthetic data answers UNIMPLEMENTED,
+checkpoints), evaluation (a job of kind EVALUATION), statistics and system health. Trainers start,
+cancel, pause and resume only the jobs their own API key created; admins any. Synthetic data answers UNIMPLEMENTED,
 naming the capability, until it lands."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from google.protobuf import json_format
 
 from trainforge.core.errors import Unimplemented
 from trainforge.core.jobs import models as jm
+from trainforge.core.jobs.evaluation import ModelEvaluator
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.store import RegistryStore
@@ -24,6 +26,12 @@ from trainforge.v1 import training_pb2_grpc
 WATCH_POLL_SECONDS = 5.0  # a stream re-reads at least this often even if a notification was missed
 
 
+def only_owner() -> str | None:
+    """The API key whose jobs the caller may change: its own for a trainer, any (None) for an admin."""
+    principal = current_principal()
+    return None if principal.role == "admin" else principal.key_id
+
+
 def _version() -> str:
     try:
         return metadata.version("trainforge")
@@ -33,7 +41,7 @@ def _version() -> str:
 
 class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, registry: RegistryStore, jobs: JobStore, broker: JobEventBroker, preparer: JobSpecPreparer,
-                 evaluator=None, started: float | None = None):
+                 evaluator: ModelEvaluator | None = None, started: float | None = None):
         self.registry, self.jobs, self.broker, self.preparer = registry, jobs, broker, preparer
         self.evaluator = evaluator
         self.started = started or time.monotonic()
@@ -48,7 +56,8 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
         states = [pb.JobState.Name(s).removeprefix("JOB_STATE_") for s in request.states]
-        page = await self.jobs.list(states, request.page_size, request.page_token)
+        kinds = [pb.JobKind.Name(k).removeprefix("JOB_KIND_") for k in request.kinds]
+        page = await self.jobs.list(states, request.page_size, request.page_token, kinds)
         return pb.ListJobsResponse(data=[convert.job(j) for j in page.items], next_page_token=page.next_page_token,
                                    total_size=page.total_size)
 
@@ -56,18 +65,18 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         return pb.GetJobResponse(data=convert.job(await self.jobs.get(request.job_id)))
 
     async def StartJob(self, request: pb.StartJobRequest, context) -> pb.StartJobResponse:
-        return pb.StartJobResponse(data=convert.job(await self.jobs.start(request.job_id,
-                                                                          current_principal().key_id)))
+        job = await self.jobs.start(request.job_id, current_principal().key_id, only_owner=only_owner())
+        return pb.StartJobResponse(data=convert.job(job))
 
     async def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.CancelJobResponse:
-        return pb.CancelJobResponse(data=convert.job(await self.jobs.cancel(request.job_id)))
+        return pb.CancelJobResponse(data=convert.job(await self.jobs.cancel(request.job_id, only_owner())))
 
     async def PauseJob(self, request: pb.PauseJobRequest, context) -> pb.PauseJobResponse:
-        return pb.PauseJobResponse(data=convert.job(await self.jobs.pause(request.job_id)))
+        return pb.PauseJobResponse(data=convert.job(await self.jobs.pause(request.job_id, only_owner())))
 
     async def ResumeJob(self, request: pb.ResumeJobRequest, context) -> pb.ResumeJobResponse:
-        return pb.ResumeJobResponse(data=convert.job(await self.jobs.resume(request.job_id,
-                                                                            current_principal().key_id)))
+        job = await self.jobs.resume(request.job_id, current_principal().key_id, only_owner=only_owner())
+        return pb.ResumeJobResponse(data=convert.job(job))
 
     async def WatchJob(self, request: pb.WatchJobRequest, context):
         job = await self.jobs.get(request.job_id)  # NOT_FOUND before the stream starts
@@ -111,12 +120,12 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     async def EvaluateModel(self, request: pb.EvaluateModelRequest, context) -> pb.EvaluateModelResponse:
         if self.evaluator is None:
             raise Unimplemented("model evaluation (EvaluateModel)")
-        result = await self.evaluator.evaluate(request.model_name, request.version, request.data_path,
-                                               list(request.metrics), request.max_samples, request.max_new_tokens,
-                                               request.batch_size)
-        return pb.EvaluateModelResponse(data=pb.EvaluationResult(
-            model_name=result["model_name"], version=result["version"], metrics=result["metrics"],
-            num_samples=result["num_samples"], duration_seconds=result["duration_seconds"]))
+        spec = await self.evaluator.plan(request.model_name, request.version, request.data_path,
+                                         list(request.metrics), request.max_samples, request.max_new_tokens,
+                                         request.batch_size)
+        job = await self.jobs.create(f"evaluate {spec['model_name']}:{spec['version']}", spec,
+                                     current_principal().key_id, start=True, kind=jm.EVALUATION)
+        return pb.EvaluateModelResponse(data=convert.job(job))
 
     async def GetTrainingStatistics(self, request, context) -> pb.GetTrainingStatisticsResponse:
         stats = await self.jobs.statistics()

@@ -1,22 +1,23 @@
-"""CompressModel: a registry version, materialised from the verified store, compressed to int8 in a
-child process and registered as a new `compressed` version of the same model, if the perplexity
-gate passes (or the caller forces it).
+"""CompressModel as a job of kind COMPRESSION: a registry version, materialised from the verified
+store, compressed to int8 in the job's child process and registered as a new `compressed` version
+of the same model, if the perplexity gate passes (or the caller forces it).
 
+`plan` checks the request when the job is created (the API's side: registry lookups only, nothing
+loaded). The worker then calls `adopt` (a version an earlier attempt of the job registered before
+its worker died), `child_request`, runs this module (`python -m
+trainforge.core.compression.compress_version`) under its supervision, and `register`s the reply.
 The child process keeps model loading, quantization and scoring (CPU-heavy, seconds to minutes)
-off the server's event loop and out of its GIL, as core.jobs.evaluation does for EvaluateModel."""
+out of the worker's event loop and GIL, as core.jobs.evaluation does for EvaluateModel."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainforge.core.child_task import child_main, run_in_child
+from trainforge.core.child_task import child_main
 from trainforge.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -30,6 +31,7 @@ from trainforge.core.registry.store import RegistryStore
 from trainforge.core.registry.validation import VERSION_RE
 from trainforge.core.training.model_loading import int8_checkpoint_method
 
+MODULE = "trainforge.core.compression.compress_version"
 COMPRESSION_TYPES = ("quantization",)
 PRECISIONS = ("int8",)
 MODES = ("w8a8_dynamic", "w8a16")  # trainforge.kernels.MODES; not imported: the server must not load torch
@@ -75,15 +77,13 @@ def check_request(req: CompressRequest) -> None:
 
 
 class VersionCompressor:
-    def __init__(self, registry: RegistryStore, data_root: Path, cache_root: Path, work_root: Path,
-                 timeout_seconds: float = 3600):
-        """`data_root`: the only place evaluation data is read from; `cache_root`: where source
-        versions are materialised (shared with EvaluateModel); `work_root`: where the int8 folder
-        is written before its files go into the store."""
-        self.registry, self.data_root, self.cache_root, self.work_root = registry, data_root, cache_root, work_root
-        self.timeout_seconds = timeout_seconds
+    def __init__(self, registry: RegistryStore, data_root: Path):
+        """`data_root`: the only place evaluation data is read from."""
+        self.registry, self.data_root = registry, data_root
 
-    async def compress(self, req: CompressRequest) -> ModelVersion:
+    async def plan(self, req: CompressRequest) -> dict[str, Any]:
+        """The job's spec (CompressionSpec's fields), or the error to answer at once: every field
+        violation, NOT_FOUND, ALREADY_COMPRESSED, or ALREADY_EXISTS for a taken target version."""
         check_request(req)
         version = req.version or (await self.registry.get_model(req.model_id)).latest_version
         if not version:
@@ -99,35 +99,55 @@ class VersionCompressor:
             raise InvalidArgument.one("target_version", f"the default {target!r} is not a valid version string "
                                                         "(1-64 characters); pass target_version")
         await self._refuse_existing(source.name, target)
-        mode = req.mode or DEFAULT_MODE
         gate = DEFAULT_MAX_PERPLEXITY_INCREASE if req.max_perplexity_increase is None else req.max_perplexity_increase
+        return {"model_name": source.name, "version": source.version,
+                "source_model_version_id": source.model_version_id, "compression_type": req.compression_type,
+                "precision": req.precision, "mode": req.mode or DEFAULT_MODE, "max_perplexity_increase": gate,
+                "force": req.force, "target_version": target}
 
-        folder = await self.registry.materialize(source.name, source.version, self.cache_root)
+    async def adopt(self, spec: dict[str, Any], job_id: str) -> ModelVersion | None:
+        """The target version when this job registered it already (an attempt whose worker died
+        after registering): a job never registers two versions, nor compresses twice."""
+        try:
+            version = await self.registry.get_version(spec["model_name"], spec["target_version"])
+        except NotFound:
+            return None
+        return version if version.lineage.job_id == job_id else None
+
+    async def child_request(self, spec: dict[str, Any], folder: Path, output: Path) -> dict[str, Any]:
+        """What the child reads on stdin; `folder` is the materialised source."""
+        source = await self.registry.get_version(spec["model_name"], spec["version"])
         if int8_checkpoint_method(folder) is not None:
             raise FailedPrecondition(f"version {source.version!r} of {source.name!r} holds a quantized checkpoint",
                                      reason="ALREADY_COMPRESSED",
                                      metadata={"model": source.name, "version": source.version})
-        output = self.work_root / f"{source.name.replace('/', '_')}-{target}-{uuid.uuid4().hex[:8]}"
-        request = {"source_dir": str(folder), "output_dir": str(output), "mode": mode,
-                   "max_perplexity_increase": gate, **_eval_data(source, self.data_root)}
+        return {"source_dir": str(folder), "output_dir": str(output), "mode": spec["mode"],
+                "max_perplexity_increase": spec["max_perplexity_increase"], **_eval_data(source, self.data_root)}
+
+    async def register(self, spec: dict[str, Any], result: dict[str, Any], job_id: str, output: Path) -> ModelVersion:
+        """Applies the gate to the child's result and registers the int8 folder (lineage names the
+        job, for `adopt`). Raises FAILED_PRECONDITION PERPLEXITY_GATE_FAILED, registering nothing."""
+        source = await self.registry.get_version(spec["model_name"], spec["version"])
+        mode, gate = spec["mode"], spec["max_perplexity_increase"]
+        metrics = {k: float(v) for k, v in result["metrics"].items()}
+        if not result["gate_passed"] and not spec["force"]:
+            raise _gate_failure(source, mode, gate, metrics)
+        new = NewVersion(
+            name=source.name, version=spec["target_version"],
+            description=f"int8 ({mode}) compression of {source.name}:{source.version}",
+            model_type="compressed", parameter_count=int(result["parameter_count"]),
+            architecture=source.architecture, performance_metrics=metrics, tags=source.tags,
+            lineage=Lineage(base_model=f"{source.name}:{source.version}", job_id=job_id,
+                            parent_model_version_id=source.model_version_id,
+                            config={"compression": _compression_record(result, spec["force"], self.data_root)}),
+            changelog=_changelog(source, mode, metrics, gate, result["gate_passed"]))
         try:
-            result = await run_in_child("trainforge.core.compression.compress_version", request,
-                                        self.timeout_seconds, "compression")
-            metrics = {k: float(v) for k, v in result["metrics"].items()}
-            if not result["gate_passed"] and not req.force:
-                raise _gate_failure(source, mode, gate, metrics)
-            new = NewVersion(
-                name=source.name, version=target,
-                description=f"int8 ({mode}) compression of {source.name}:{source.version}",
-                model_type="compressed", parameter_count=int(result["parameter_count"]),
-                architecture=source.architecture, performance_metrics=metrics, tags=source.tags,
-                lineage=Lineage(base_model=f"{source.name}:{source.version}",
-                                parent_model_version_id=source.model_version_id,
-                                config={"compression": _compression_record(result, req.force, self.data_root)}),
-                changelog=_changelog(source, mode, metrics, gate, result["gate_passed"]))
             return await self.registry.register(new, artifacts_dir=output)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, output, True)
+        except AlreadyExists:
+            adopted = await self.adopt(spec, job_id)
+            if adopted is None:
+                raise
+            return adopted
 
     async def _refuse_existing(self, name: str, target: str) -> None:
         """Fail before minutes of work rather than at register (which still enforces uniqueness)."""
@@ -137,6 +157,16 @@ class VersionCompressor:
             return
         raise AlreadyExists(f"model {name!r} already has a version {target!r}; pass another target_version",
                             metadata={"model": name, "version": target})
+
+
+def job_result(version: ModelVersion) -> dict[str, Any]:
+    """The job's `compression_result` (CompressionResult's fields), read from the registered
+    version so that an adopted version reports the same as a fresh one."""
+    record = (version.lineage.config or {}).get("compression") or {}
+    return {"model_version_id": version.model_version_id, "model_name": version.name, "version": version.version,
+            "metrics": dict(version.performance_metrics), "gate_passed": bool(record.get("gate_passed")),
+            "format": str(record.get("format", "")), "source_size_bytes": int(record.get("source_size_bytes", 0)),
+            "size_bytes": int(record.get("size_bytes", 0)), "eval_data": str(record.get("eval_data", ""))}
 
 
 def _eval_data(source: ModelVersion, data_root: Path) -> dict[str, Any]:

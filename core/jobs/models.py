@@ -1,4 +1,9 @@
-"""Job domain objects and the state machine's vocabulary."""
+"""Job domain objects and the state machine's vocabulary.
+
+States (docs/training.md draws the machine): PENDING -> QUEUED -> RUNNING -> SUCCEEDED | FAILED |
+PAUSED; cancel moves PENDING, QUEUED and PAUSED jobs to CANCELLED at once, and a RUNNING job to
+CANCELLING, from which its worker (or, once the worker's lease expired, whoever claims next) moves
+it to CANCELLED."""
 
 from __future__ import annotations
 
@@ -6,10 +11,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-PENDING, QUEUED, RUNNING, PAUSED = "PENDING", "QUEUED", "RUNNING", "PAUSED"
+PENDING, QUEUED, RUNNING, CANCELLING, PAUSED = "PENDING", "QUEUED", "RUNNING", "CANCELLING", "PAUSED"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
-STATES = (PENDING, QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
+STATES = (PENDING, QUEUED, RUNNING, CANCELLING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+# States in which a worker holds the job under a lease.
+LEASED = (RUNNING, CANCELLING)
+
+# What a job runs (JobKind without its prefix): one durable queue for all long work.
+TRAINING, EVALUATION, COMPRESSION = "TRAINING", "EVALUATION", "COMPRESSION"
+KINDS = (TRAINING, EVALUATION, COMPRESSION)
 
 # Event types (JobEventType without its prefix).
 STATE_CHANGED, PROGRESS, EVALUATION, CHECKPOINT, LOG, ERROR = (
@@ -22,6 +33,7 @@ class Job:
     name: str
     spec: dict[str, Any]
     state: str
+    kind: str
     owner_key_id: str
     progress: dict[str, Any]
     metrics: dict[str, Any]
@@ -36,6 +48,8 @@ class Job:
     create_time: datetime
     start_time: datetime | None
     end_time: datetime | None
+    # A finished job's typed result: an evaluation's metrics, a compression's report; {} otherwise.
+    result: dict[str, Any] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:

@@ -1,5 +1,7 @@
 """A worker claims jobs from Postgres, runs each in its own process group, keeps its lease alive
-with heartbeats, and records the outcome. Many workers, on many machines, can share one database:
+with heartbeats, and records the outcome. Every kind of job (training, evaluation, compression)
+runs this way: `execute` dispatches to the kind's runner, and each runner starts its processes
+and hands them to the same supervision (heartbeats, cancel, lease loss, stop). Many workers, on many machines, can share one database:
 claims use SKIP LOCKED, and a job whose worker stopped heartbeating is claimed again after its
 lease expires and resumes from its last checkpoint."""
 
@@ -9,15 +11,21 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from trainforge.core.errors import AlreadyExists
-from trainforge.core.jobs import launch
+from trainforge.core import child_task
+from trainforge.core.compression import compress_version
+from trainforge.core.compression.compress_version import VersionCompressor
+from trainforge.core.errors import AlreadyExists, TrainforgeError
+from trainforge.core.jobs import evaluation, launch
 from trainforge.core.jobs import models as m
 from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.resources import ProcessGroupSampler
@@ -39,6 +47,10 @@ class WorkerConfig:
     stop_grace_seconds: float = 8.0
     # Converted base models and materialised registry versions, shared by the jobs of this worker.
     model_cache: Path | None = None
+    # Where evaluation data and compression's validation data are read from (the data root).
+    data_root: Path | None = None
+    # The most jobs of each kind (models.KINDS) running at once across all workers; 0: no limit.
+    max_running_per_kind: dict[str, int] | None = None
 
 
 # Training-run state, not properties of the model: kept on the job, not on the registered version.
@@ -66,7 +78,7 @@ class Worker:
 
     async def _loop(self, stop: asyncio.Event, wake: QueueWake) -> None:
         while not stop.is_set():
-            job = await self.jobs.claim(self.worker_id, self.config.lease)
+            job = await self.jobs.claim(self.worker_id, self.config.lease, self.config.max_running_per_kind)
             if job is None:
                 await wake.wait(stop, self.config.poll_seconds)
                 continue
@@ -78,6 +90,11 @@ class Worker:
                                        error={"code": 13, "message": f"worker error: {exc}"})
 
     async def execute(self, job: m.Job, stop: asyncio.Event | None = None) -> None:
+        runner = {m.TRAINING: self._run_training, m.EVALUATION: self._run_evaluation,
+                  m.COMPRESSION: self._run_compression}[job.kind]
+        await runner(job, stop or asyncio.Event())
+
+    async def _run_training(self, job: m.Job, stop: asyncio.Event) -> None:
         job_dir = self.config.jobs_dir / job.job_id
         output_dir = job_dir / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +111,7 @@ class Worker:
             process = await asyncio.create_subprocess_exec(
                 *launch.with_parent_death_signal(plan.argv), env=plan.env, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        outcome = await self._supervise(job, process, stop or asyncio.Event())
+        outcome = await self._supervise(job, process, stop)
         if outcome == "lost":
             return  # another worker owns the job now; it records the outcome
         if outcome == "released":
@@ -114,6 +131,95 @@ class Worker:
             message = _failure_message(output_dir, log_path, rc)
             await self.jobs.finish(job.job_id, job.attempt, m.FAILED, message,
                                    error={"code": 13, "message": message})
+
+    # -- evaluation and compression: one child process each --------------------------------------
+    async def _run_evaluation(self, job: m.Job, stop: asyncio.Event) -> None:
+        spec = job.spec
+        try:
+            folder = await self.registry.materialize(spec["model_name"], spec["version"], self._registry_cache())
+            request = self._evaluator().child_request(spec, folder)
+            started = time.monotonic()
+            reply = await self._run_child(job, evaluation.MODULE, request, stop, "evaluation")
+            if reply is None:
+                return
+            result = evaluation.result(spec, reply, time.monotonic() - started)
+        except TrainforgeError as exc:
+            await self._fail(job, exc)
+            return
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result["metrics"].items()))
+        await self.jobs.finish(job.job_id, job.attempt, m.SUCCEEDED,
+                               f"evaluated {spec['model_name']}:{spec['version']} on {result['num_samples']} "
+                               f"samples: {summary}", result=result)
+
+    async def _run_compression(self, job: m.Job, stop: asyncio.Event) -> None:
+        spec, compressor = job.spec, VersionCompressor(self.registry, self._data_root())
+        output = self.config.jobs_dir / job.job_id / "output"
+        try:
+            version = await compressor.adopt(spec, job.job_id)
+            if version is None:
+                await asyncio.to_thread(shutil.rmtree, output, True)  # a dead attempt's partial folder
+                folder = await self.registry.materialize(spec["model_name"], spec["version"], self._registry_cache())
+                request = await compressor.child_request(spec, folder, output)
+                reply = await self._run_child(job, compress_version.MODULE, request, stop, "compression")
+                if reply is None:
+                    return
+                version = await compressor.register(spec, reply, job.job_id, output)
+        except TrainforgeError as exc:
+            await self._fail(job, exc)
+            return
+        finally:
+            await asyncio.to_thread(shutil.rmtree, output, True)
+        await self.jobs.finish(job.job_id, job.attempt, m.SUCCEEDED,
+                               f"succeeded; registered {version.name}:{version.version} ({version.model_version_id})",
+                               result_model_version_id=version.model_version_id,
+                               result=compress_version.job_result(version))
+
+    async def _run_child(self, job: m.Job, module: str, request: dict, stop: asyncio.Event,
+                         what: str) -> dict | None:
+        """Runs `python -m module` as the job's process group under `_supervise`, the request on
+        stdin (core.child_task). Returns the child's result; None when the outcome is already
+        recorded (cancelled, handed back, or the job is another worker's now)."""
+        job_dir = self.config.jobs_dir / job.job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        request_path = job_dir / f"attempt-{job.attempt}.request.json"
+        reply_path = job_dir / f"attempt-{job.attempt}.reply.json"
+        log_path = job_dir / f"attempt-{job.attempt}.log"
+        request_path.write_text(json.dumps(request))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        # The job id on the command line names the process in `ps` for operators.
+        argv = [sys.executable, "-m", module, "--job-id", job.job_id]
+        with open(request_path, "rb") as stdin, open(reply_path, "wb") as stdout, open(log_path, "ab") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *launch.with_parent_death_signal(argv), stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+                start_new_session=True)
+        outcome = await self._supervise(job, process, stop)
+        if outcome == "lost":
+            return None
+        if outcome == "released":
+            await self.jobs.release(job.job_id, job.attempt,
+                                    f"worker {self.worker_id} shut down; queued again to run from the start")
+            return None
+        if outcome == "cancelled":
+            await self.jobs.finish(job.job_id, job.attempt, m.CANCELLED, f"cancelled; the {what} was stopped")
+            return None
+        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])[-2000:]
+        return child_task.read_reply(reply_path.read_text(errors="replace"), tail, process.returncode, what)
+
+    async def _fail(self, job: m.Job, exc: TrainforgeError) -> None:
+        error = {"type": type(exc).__name__, "message": exc.message, "reason": exc.reason,
+                 "metadata": {k: str(v) for k, v in exc.metadata.items()}}
+        await self.jobs.finish(job.job_id, job.attempt, m.FAILED, exc.message, error=error)
+
+    def _registry_cache(self) -> Path:
+        return (self.config.model_cache or (self.config.jobs_dir / ".registry-cache")) / "registry"
+
+    def _data_root(self) -> Path:
+        if self.config.data_root is None:
+            raise TypeError("WorkerConfig.data_root is required to run evaluation and compression jobs")
+        return self.config.data_root
+
+    def _evaluator(self) -> evaluation.ModelEvaluator:
+        return evaluation.ModelEvaluator(self.registry, self._data_root())
 
     async def _resolve_base_model(self, spec: dict) -> dict:
         """A registry reference as base model (`name:version`, `name@alias`) becomes a verified

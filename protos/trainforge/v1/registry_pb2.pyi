@@ -5,6 +5,7 @@ from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from trainforge.v1 import training_pb2 as _training_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -640,8 +641,8 @@ class CompressModelRequest(_message.Message):
 class CompressModelResponse(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
-    data: ModelVersion
-    def __init__(self, data: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+    data: _training_pb2.Job
+    def __init__(self, data: _Optional[_Union[_training_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class GetRegistryHealthRequest(_message.Message):
     __slots__ = ()

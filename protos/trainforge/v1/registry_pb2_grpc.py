@@ -340,8 +340,16 @@ class RegistryServiceServicer:
 
     def CompressModel(self, request, context):
         """Compresses a model version to int8 and registers the result as a new version, gated on the
-        perplexity increase measured on the version's validation data.
-        Returns FAILED_PRECONDITION if the gate fails and `force` is not set.
+        perplexity increase measured on the version's validation data, as a job of kind COMPRESSION.
+        The request is checked at once; the job is created QUEUED and returned at once, and a worker
+        runs it. When it SUCCEEDED, the job's `result_model_version_id` is the new version and
+        `compression_result` its report; if the gate fails (and `force` is not set) the job FAILED
+        with FAILED_PRECONDITION, reason PERPLEXITY_GATE_FAILED, and nothing is registered. WatchJob
+        follows the job; cancel it like any job.
+        Returns INVALID_ARGUMENT, listing every violation, if a field is malformed; nothing is queued.
+        Returns NOT_FOUND if the model or version does not exist; nothing is queued.
+        Returns FAILED_PRECONDITION, reason ALREADY_COMPRESSED, if the source is a compressed version.
+        Returns ALREADY_EXISTS if the model already has the target version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -23,6 +23,14 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_CANCELLING: _ClassVar[JobState]
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_TRAINING: _ClassVar[JobKind]
+    JOB_KIND_EVALUATION: _ClassVar[JobKind]
+    JOB_KIND_COMPRESSION: _ClassVar[JobKind]
 
 class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +49,11 @@ JOB_STATE_PAUSED: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_CANCELLING: JobState
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_TRAINING: JobKind
+JOB_KIND_EVALUATION: JobKind
+JOB_KIND_COMPRESSION: JobKind
 JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_STATE_CHANGED: JobEventType
 JOB_EVENT_TYPE_PROGRESS: JobEventType
@@ -234,8 +247,77 @@ class ResourceUsage(_message.Message):
     gpu_memory_mb: float
     def __init__(self, cpu_percent: _Optional[float] = ..., rss_mb: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., gpu_memory_mb: _Optional[float] = ...) -> None: ...
 
+class EvaluationSpec(_message.Message):
+    __slots__ = ("model_name", "version", "data_path", "metrics", "max_samples", "max_new_tokens", "batch_size")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_PATH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    data_path: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    max_samples: int
+    max_new_tokens: int
+    batch_size: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., data_path: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., max_samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class CompressionSpec(_message.Message):
+    __slots__ = ("model_name", "version", "source_model_version_id", "compression_type", "precision", "mode", "max_perplexity_increase", "force", "target_version")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PERPLEXITY_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    source_model_version_id: str
+    compression_type: str
+    precision: str
+    mode: str
+    max_perplexity_increase: float
+    force: bool
+    target_version: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., source_model_version_id: _Optional[str] = ..., compression_type: _Optional[str] = ..., precision: _Optional[str] = ..., mode: _Optional[str] = ..., max_perplexity_increase: _Optional[float] = ..., force: _Optional[bool] = ..., target_version: _Optional[str] = ...) -> None: ...
+
+class CompressionResult(_message.Message):
+    __slots__ = ("model_version_id", "model_name", "version", "metrics", "gate_passed", "format", "source_size_bytes", "size_bytes", "eval_data")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_FIELD_NUMBER: _ClassVar[int]
+    model_version_id: str
+    model_name: str
+    version: str
+    metrics: _containers.ScalarMap[str, float]
+    gate_passed: bool
+    format: str
+    source_size_bytes: int
+    size_bytes: int
+    eval_data: str
+    def __init__(self, model_version_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., gate_passed: _Optional[bool] = ..., format: _Optional[str] = ..., source_size_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., eval_data: _Optional[str] = ...) -> None: ...
+
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "status", "progress", "metrics", "resources", "error", "result_model_version_id", "attempt", "create_time", "start_time", "end_time")
+    __slots__ = ("job_id", "spec", "status", "progress", "metrics", "resources", "error", "result_model_version_id", "attempt", "create_time", "start_time", "end_time", "kind", "evaluation", "compression", "evaluation_result", "compression_result")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +330,11 @@ class Job(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_RESULT_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     status: JobState
@@ -260,7 +347,12 @@ class Job(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result_model_version_id: _Optional[str] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: JobKind
+    evaluation: EvaluationSpec
+    compression: CompressionSpec
+    evaluation_result: EvaluationResult
+    compression_result: CompressionResult
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result_model_version_id: _Optional[str] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., evaluation_result: _Optional[_Union[EvaluationResult, _Mapping]] = ..., compression_result: _Optional[_Union[CompressionResult, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "type", "create_time", "status", "message", "progress", "metrics")
@@ -426,14 +518,16 @@ class CreateJobResponse(_message.Message):
     def __init__(self, data: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("states", "page_size", "page_token")
+    __slots__ = ("states", "kinds", "page_size", "page_token")
     STATES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[JobState]
+    kinds: _containers.RepeatedScalarFieldContainer[JobKind]
     page_size: int
     page_token: str
-    def __init__(self, states: _Optional[_Iterable[_Union[JobState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, states: _Optional[_Iterable[_Union[JobState, str]]] = ..., kinds: _Optional[_Iterable[_Union[JobKind, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("data", "next_page_token", "total_size")
@@ -603,8 +697,8 @@ class EvaluateModelRequest(_message.Message):
 class EvaluateModelResponse(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
-    data: EvaluationResult
-    def __init__(self, data: _Optional[_Union[EvaluationResult, _Mapping]] = ...) -> None: ...
+    data: Job
+    def __init__(self, data: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class GetTrainingStatisticsRequest(_message.Message):
     __slots__ = ()

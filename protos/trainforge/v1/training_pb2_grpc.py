@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class TrainingServiceStub:
-    """Training jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
-    statistics and the health of the whole system.
+    """Jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
+    statistics and the health of the whole system. A job is any long piece of work run by a worker
+    from the one durable queue: training, evaluation and compression (see JobKind). Every kind has
+    the same lifecycle (JobState), events, WatchJob stream, cancel and crash recovery.
     """
 
     def __init__(self, channel):
@@ -109,8 +111,10 @@ class TrainingServiceStub:
 
 
 class TrainingServiceServicer:
-    """Training jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
-    statistics and the health of the whole system.
+    """Jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
+    statistics and the health of the whole system. A job is any long piece of work run by a worker
+    from the one durable queue: training, evaluation and compression (see JobKind). Every kind has
+    the same lifecycle (JobState), events, WatchJob stream, cancel and crash recovery.
     """
 
     def CreateJob(self, request, context):
@@ -124,7 +128,8 @@ class TrainingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists jobs, newest first, optionally only those in some states.
+        """Lists jobs, newest first, optionally only those in some states and of some kinds.
+        Returns INVALID_ARGUMENT if `page_size` is out of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,30 +146,44 @@ class TrainingServiceServicer:
     def StartJob(self, request, context):
         """Queues a PENDING job for a worker.
         Returns FAILED_PRECONDITION if the job is not PENDING.
+        Returns PERMISSION_DENIED if the caller is a trainer and the job belongs to another API key.
+        Returns RESOURCE_EXHAUSTED if the caller's key already has its most queued or running jobs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a job; a running job's processes are stopped and its last checkpoint kept.
+        """Cancels a job. A PENDING, QUEUED or PAUSED job is CANCELLED at once. A RUNNING job becomes
+        CANCELLING at once and this answers it so; its worker then stops the job's processes (within
+        about 10 s) and the job becomes CANCELLED, keeping its last checkpoint. Watch the job (or get
+        it) to see CANCELLED. Cancelling a CANCELLING job answers it unchanged. A job whose worker is
+        gone (its lease expired) is CANCELLED at once.
         Returns FAILED_PRECONDITION if the job already ended.
+        Returns PERMISSION_DENIED if the caller is a trainer and the job belongs to another API key.
+        Returns NOT_FOUND if there is no such job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PauseJob(self, request, context):
-        """Pauses a running job after writing a checkpoint.
-        Returns FAILED_PRECONDITION if the job is not RUNNING or QUEUED.
+        """Pauses a job: a QUEUED job is PAUSED at once; a RUNNING training job writes a checkpoint and
+        then becomes PAUSED (it stays RUNNING until then).
+        Returns FAILED_PRECONDITION if the job is not RUNNING or QUEUED, or if it is a running
+        evaluation or compression (they have no checkpoint; cancel them instead).
+        Returns PERMISSION_DENIED if the caller is a trainer and the job belongs to another API key.
+        Returns NOT_FOUND if there is no such job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
-        """Resumes a paused job from its last checkpoint.
+        """Resumes a paused job from its last checkpoint: it is QUEUED again.
         Returns FAILED_PRECONDITION if the job is not PAUSED.
+        Returns PERMISSION_DENIED if the caller is a trainer and the job belongs to another API key.
+        Returns NOT_FOUND if there is no such job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,8 +223,14 @@ class TrainingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateModel(self, request, context):
-        """Evaluates a registered model on a dataset: exact-match accuracy, token F1, perplexity, BLEU.
-        Returns NOT_FOUND if the model or version does not exist.
+        """Evaluates a registered model on a dataset (exact-match accuracy, token F1, perplexity, BLEU)
+        as a job of kind EVALUATION. The request is checked at once; the job is created QUEUED and
+        returned at once, and a worker runs it. Its metrics appear on the job as `evaluation_result`
+        when it SUCCEEDED; WatchJob follows it until then. Cancel it like any job.
+        Returns INVALID_ARGUMENT, listing every violation, if a field is malformed or `data_path` is
+        not a file under the data root; nothing is queued then.
+        Returns NOT_FOUND if the model or version does not exist; nothing is queued then.
+        Returns RESOURCE_EXHAUSTED if the caller's key already has its most queued or running jobs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -307,8 +332,10 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TrainingService:
-    """Training jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
-    statistics and the health of the whole system.
+    """Jobs and what surrounds them: their events and checkpoints, synthetic data, evaluation,
+    statistics and the health of the whole system. A job is any long piece of work run by a worker
+    from the one durable queue: training, evaluation and compression (see JobKind). Every kind has
+    the same lifecycle (JobState), events, WatchJob stream, cancel and crash recovery.
     """
 
     @staticmethod
