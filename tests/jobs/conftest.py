@@ -49,8 +49,10 @@ class BackgroundWorker:
     cache is the user's (~/.cache/trainforge/models): the packaged base model is converted once per
     machine (~21 s), not once per test session."""
 
-    def __init__(self, settings, dsn: str, lease_seconds: float = 6.0):
+    def __init__(self, settings, dsn: str, lease_seconds: float = 6.0, *, worker_id: str = "test-worker",
+                 limits: dict[str, int] | None = None):
         self.settings, self.dsn, self.lease = settings, dsn, lease_seconds
+        self.worker_id, self.limits = worker_id, limits
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -63,8 +65,8 @@ class BackgroundWorker:
             config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
                                   poll_seconds=0.2, model_cache=default_cache_dir(),
-                                  data_root=self.settings.data_dir_root)
-            await Worker(JobStore(pool), registry, config, worker_id="test-worker").run(self._stop)
+                                  data_root=self.settings.data_dir_root, max_running_per_kind=self.limits)
+            await Worker(JobStore(pool), registry, config, worker_id=self.worker_id).run(self._stop)
         finally:
             await pool.close()
 
@@ -84,6 +86,30 @@ def worker(settings, database_url, job_inputs):
     background.start()
     yield background
     background.stop()
+
+
+def registered_tiny_model(rest, settings, tmp_path_factory, prefix: str) -> str:
+    """A fresh model name whose version 1.0.0 is a tiny random Llama (hidden 64) registered from
+    the models root."""
+    import shutil
+    import uuid
+
+    from tests.training.conftest import build_tiny_model
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(build_tiny_model(tmp_path_factory.mktemp(prefix) / "tiny", hidden=64), settings.models_dir / name)
+    reply = rest.post("/api/training/models", {"name": name, "version": "1.0.0", "model_type": "pretrained",
+                                               "source": name})
+    assert reply.status == 200, reply
+    return name
+
+
+def finished_job(rest, job_id: str, timeout: float = 180) -> dict:
+    """The job once it ended (SUCCEEDED, FAILED or CANCELLED)."""
+    def ended():
+        job = rest.get(f"/api/training/jobs/{job_id}").body["data"]
+        return job if job["status"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED") else None
+    return wait_for(ended, timeout=timeout, interval=0.5)
 
 
 def wait_for(predicate, timeout: float = 120, interval: float = 0.2):
