@@ -1,7 +1,8 @@
 """CompressModel through the Envoy gateway (POST /api/training/models/{model_id}/compress) on a
-registered tiny Llama: a compressed version with lineage, metrics and its own int8 artifacts; the
-perplexity gate refusing (400 FAILED_PRECONDITION, nothing registered) unless forced; every bad
-field reported at once. Each compression runs in a child process of the suite's server (~2 s)."""
+registered tiny Llama: a compression job whose result is a compressed version with lineage, metrics
+and its own int8 artifacts; the perplexity gate failing the job (FAILED_PRECONDITION, nothing
+registered) unless forced; every bad field reported at once, with nothing queued. Each compression
+runs as a job in a child process of a real worker (~2 s of work)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 import pytest
 
 from tests.compression.conftest import build_int8_hostile_model
+from tests.jobs.conftest import finished_job, job_inputs, worker  # noqa: F401 - fixtures
 from tests.support import violations
 from tests.training.conftest import build_tiny_model, qa_rows
 from trainforge.core.training.model_loading import load_model_and_tokenizer
@@ -45,12 +47,21 @@ def _error_info(reply) -> dict:
     return next(d for d in reply.body["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
 
 
+def _compress(rest, name: str, body: dict) -> dict:
+    """Queues the compression and returns its job once it ended."""
+    reply = rest.post(f"/api/training/models/{name}/compress", body)
+    assert reply.status == 200, reply
+    assert reply.body["data"]["status"] == "JOB_STATE_QUEUED", reply
+    return finished_job(rest, reply.body["data"]["job_id"])
+
+
+@pytest.mark.usefixtures("worker")
 def test_compress_registers_an_int8_version_with_lineage_and_metrics(rest, registry, source_model, tiny_source):
     name, source = source_model
-    reply = rest.post(f"/api/training/models/{name}/compress",
-                      {"compression_type": "quantization", "precision": "int8"}, timeout=120)
-    assert reply.status == 200, reply
-    data = reply.body["data"]
+    job = _compress(rest, name, {"compression_type": "quantization", "precision": "int8"})
+    assert job["status"] == "JOB_STATE_SUCCEEDED", job
+    data = rest.get(f"/api/training/models/{name}/versions/1.0.0-int8").body["data"]
+    assert job["result_model_version_id"] == data["model_version_id"]
     assert data["name"] == name and data["version"] == "1.0.0-int8" and data["model_type"] == "compressed"
     assert data["lineage"]["parent_model_version_id"] == source["model_version_id"]
     assert data["lineage"]["base_model"] == f"{name}:1.0.0"
@@ -92,6 +103,7 @@ def hostile_source(tmp_path_factory):
     return build_int8_hostile_model(tmp_path_factory.mktemp("compress-api") / "hostile", qa_rows(repeat=1))
 
 
+@pytest.mark.usefixtures("worker")
 def test_gate_refuses_and_registers_nothing_unless_forced(rest, settings, hostile_source):
     """A job-trained version's lineage names its data (resolved.data_path): the gate measures on it,
     with accuracy. The source is one int8 ruins (see build_int8_hostile_model)."""
@@ -109,20 +121,21 @@ def test_gate_refuses_and_registers_nothing_unless_forced(rest, settings, hostil
 
     body = {"compression_type": "quantization", "precision": "int8", "mode": "w8a16",
             "max_perplexity_increase": 1e-9}
-    refused = rest.post(f"/api/training/models/{name}/compress", body, timeout=120)
-    assert refused.status == 400 and refused.body["code"] == 9, refused  # FAILED_PRECONDITION
-    info = _error_info(refused)
+    refused = _compress(rest, name, body)
+    assert refused["status"] == "JOB_STATE_FAILED" and refused["error"]["code"] == 9, refused  # FAILED_PRECONDITION
+    info = next(d for d in refused["error"]["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
     assert info["reason"] == "PERPLEXITY_GATE_FAILED"
     meta = info["metadata"]
     assert float(meta["perplexity"]) > 100 * float(meta["perplexity_source"])
     assert float(meta["max_perplexity_increase"]) == 1e-9 and meta["mode"] == "w8a16"
-    assert f"{float(meta['perplexity']):.4f}" in refused.body["message"]
+    assert f"{float(meta['perplexity']):.4f}" in refused["error"]["message"]
+    assert not refused["result_model_version_id"]
     assert _versions(rest, name) == ["2.0"]
 
-    forced = rest.post(f"/api/training/models/{name}/compress", {**body, "force": True,
-                                                                "target_version": "2.0-w8a16"}, timeout=120)
-    assert forced.status == 200, forced
-    data = forced.body["data"]
+    forced = _compress(rest, name, {**body, "force": True, "target_version": "2.0-w8a16"})
+    assert forced["status"] == "JOB_STATE_SUCCEEDED", forced
+    data = rest.get(f"/api/training/models/{name}/versions/2.0-w8a16").body["data"]
+    assert forced["compression_result"]["gate_passed"] is False
     assert data["version"] == "2.0-w8a16" and data["model_type"] == "compressed"
     assert data["lineage"]["parent_model_version_id"] == source["model_version_id"]
     assert data["lineage"]["base_model"] == f"{name}:2.0"
@@ -138,6 +151,7 @@ def test_gate_refuses_and_registers_nothing_unless_forced(rest, settings, hostil
 
 def test_bad_body_lists_every_violation(rest, source_model):
     name, _ = source_model
+    jobs_before = rest.get("/api/training/jobs?page_size=1").body["total_size"]
     reply = rest.post(f"/api/training/models/{name}/compress",
                       {"compression_type": "pruning", "precision": "int4", "mode": "w4a16",
                        "max_perplexity_increase": 0, "target_version": "not a version"})
@@ -153,3 +167,4 @@ def test_bad_body_lists_every_violation(rest, source_model):
                         {"compression_type": "quantization", "precision": "int8"})
     assert unknown.status == 404
     assert _versions(rest, name) == ["1.0.0"]
+    assert rest.get("/api/training/jobs?page_size=1").body["total_size"] == jobs_before  # nothing queued

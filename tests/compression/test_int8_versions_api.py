@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.jobs.conftest import job_inputs, tiny_job  # noqa: F401 - job_inputs is a fixture
+from tests.jobs.conftest import finished_job, job_inputs, tiny_job, worker  # noqa: F401 - fixtures
 from tests.support import violations
 from tests.training.conftest import build_tiny_model, qa_rows
 
@@ -19,8 +19,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
 
 
 @pytest.fixture(scope="module")
-def int8_model(rest, settings, tmp_path_factory):
-    """A tiny Llama registered as 1.0.0 and compressed in both modes; returns its name."""
+def int8_model(rest, settings, tmp_path_factory, request):
+    """A tiny Llama registered as 1.0.0 and compressed in both modes (jobs run by the module's
+    worker); returns its name."""
+    request.getfixturevalue("worker")
     name = f"int8-use-{uuid.uuid4().hex[:8]}"
     shutil.copytree(build_tiny_model(tmp_path_factory.mktemp("int8-use") / "tiny", hidden=64),
                     settings.models_dir / name)
@@ -30,8 +32,9 @@ def int8_model(rest, settings, tmp_path_factory):
     for mode, target in (("w8a8_dynamic", "1.0.0-w8a8"), ("w8a16", "1.0.0-w8a16")):
         reply = rest.post(f"/api/training/models/{name}/compress",
                           {"compression_type": "quantization", "precision": "int8", "mode": mode,
-                           "target_version": target, "version": "1.0.0"}, timeout=120)
+                           "target_version": target, "version": "1.0.0"})
         assert reply.status == 200, reply
+        assert finished_job(rest, reply.body["data"]["job_id"])["status"] == "JOB_STATE_SUCCEEDED"
     reply = rest.put(f"/api/training/models/{name}/aliases/small", {"version": "1.0.0-w8a16"})
     assert reply.status == 200, reply
     return name
@@ -47,11 +50,14 @@ def eval_data(settings) -> str:
 def _evaluate(rest, name: str, version: str, data: str) -> dict:
     reply = rest.post(f"/api/training/evaluate/{name}",
                       {"version": version, "data_path": data, "metrics": ["perplexity", "f1_score"],
-                       "max_new_tokens": 4}, timeout=300)
+                       "max_new_tokens": 4})
     assert reply.status == 200, reply
-    return reply.body["data"]
+    job = finished_job(rest, reply.body["data"]["job_id"], timeout=300)
+    assert job["status"] == "JOB_STATE_SUCCEEDED", job
+    return job["evaluation_result"]
 
 
+@pytest.mark.usefixtures("worker")
 def test_evaluate_loads_int8_versions_and_scores_them_like_the_source(rest, int8_model, eval_data):
     source = _evaluate(rest, int8_model, "1.0.0", eval_data)
     assert source["metrics"]["perplexity"] > 1

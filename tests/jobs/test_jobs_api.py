@@ -100,10 +100,15 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(rest, worker):
     job_id = _long_job(rest, f"cancel-{uuid.uuid4().hex[:6]}")
     reply = rest.post(f"/api/training/jobs/{job_id}/cancel", {})
     assert reply.status == 200, reply
+    # Answered as what it is now: its worker is stopping it (it used to answer RUNNING).
+    assert reply.body["data"]["status"] == "JOB_STATE_CANCELLING", reply
     import time
     started = time.monotonic()
     wait_for(lambda: _job(rest, job_id)["status"] == "JOB_STATE_CANCELLED", timeout=15)
     assert time.monotonic() - started < 10
+    states = [e["status"] for e in rest.get(f"/api/training/jobs/{job_id}/events/history?page_size=1000")
+              .body["data"] if e["type"] == "JOB_EVENT_TYPE_STATE_CHANGED"]
+    assert states[-2:] == ["JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"], states
     checkpoints = rest.get(f"/api/training/jobs/{job_id}/checkpoints").body["data"]
     assert checkpoints and int(checkpoints[0]["step"]) >= 5
     assert rest.post(f"/api/training/jobs/{job_id}/resume", {}).status == 400  # a cancelled job stays cancelled
