@@ -13,6 +13,7 @@ import pytest
 from google.api import annotations_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.jobs.conftest import job_inputs  # noqa: F401 - fixture
 from tests.support import authed
 from trainforge.core.access.keys import ROLE_RANK
 from trainforge.server.access_rules import ANONYMOUS, RULES
@@ -145,3 +146,40 @@ def test_revocation_takes_effect_at_once(rest, database_url):
             break
         asyncio.run(asyncio.sleep(0.02))
     assert client.get("/api/training/models").status == 401
+
+
+@pytest.mark.usefixtures("job_inputs")  # the tiny model and data file tiny_job names
+def test_trainers_change_only_their_own_jobs_admins_any_viewers_none(rest, api_keys, database_url):
+    from tests.jobs.conftest import tiny_job
+    from trainforge.core.access.keys import KeyStore
+    from trainforge.core.db.pool import open_pool
+
+    async def second_trainer() -> str:
+        pool = await open_pool(database_url, min_size=1, max_size=1)
+        try:
+            return (await KeyStore(pool).create(f"other-trainer-{uuid.uuid4().hex[:6]}", "trainer")).token
+        finally:
+            await pool.close()
+
+    owner, other = rest.with_token(api_keys["trainer"]), rest.with_token(asyncio.run(second_trainer()))
+    viewer, admin = rest.with_token(api_keys["viewer"]), rest.with_token(api_keys["admin"])
+    created = owner.post("/api/training/jobs", tiny_job(f"owned-{uuid.uuid4().hex[:6]}"))
+    assert created.status == 200, created
+    job = f"/api/training/jobs/{created.body['data']['job_id']}"
+
+    def refused(client, verb: str) -> None:
+        reply = client.post(f"{job}/{verb}", {})
+        assert reply.status == 403 and reply.body["code"] == 7, (verb, reply)
+
+    for verb in ("start", "pause", "resume", "cancel"):
+        refused(other, verb)
+        refused(viewer, verb)
+    assert admin.get(job).body["data"]["status"] == "JOB_STATE_PENDING"  # nothing changed
+    assert owner.post(f"{job}/start", {}).body["data"]["status"] == "JOB_STATE_QUEUED"
+    refused(other, "pause")
+    assert owner.post(f"{job}/pause", {}).body["data"]["status"] == "JOB_STATE_PAUSED"
+    refused(other, "resume")
+    assert admin.post(f"{job}/resume", {}).body["data"]["status"] == "JOB_STATE_QUEUED"
+    refused(other, "cancel")
+    assert admin.post(f"{job}/cancel", {}).body["data"]["status"] == "JOB_STATE_CANCELLED"
+    assert other.get(job).status == 200  # reading is every key's right
