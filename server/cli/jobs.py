@@ -1,5 +1,7 @@
 """`trainforge jobs list|get|start|cancel|pause|resume|watch`: a gRPC client of TrainingService's job
-methods. `watch` follows WatchJob with a progress bar and exits 0 only when the job succeeds."""
+methods, for every kind of job (training, evaluation, compression). `watch` follows WatchJob with a
+progress bar and exits 0 only when the job succeeds; `follow` is the same for `models compress` and
+`models evaluate`, which queue a job and wait for it."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from trainforge.server.cli.common import (
 from trainforge.server.cli.tables import (
     duration,
     job_metrics_text,
+    job_result_text,
     job_table,
     jobs_table,
     num,
@@ -49,6 +52,14 @@ def training_client(server: str, api_key: str) -> Iterator[RpcClient]:
         yield stub
 
 
+def parse_kind(text: str) -> int:
+    name = text.strip().upper().removeprefix("JOB_KIND_")
+    names = [n.removeprefix("JOB_KIND_") for n in pb.JobKind.keys() if n != "JOB_KIND_UNSPECIFIED"]
+    if name not in names:
+        raise typer.BadParameter(f"{text!r} is not one of {', '.join(n.lower() for n in names)}", param_hint="--kind")
+    return pb.JobKind.Value("JOB_KIND_" + name)
+
+
 def parse_state(text: str) -> int:
     name = text.strip().upper().removeprefix("JOB_STATE_")
     names = [n.removeprefix("JOB_STATE_") for n in pb.JobState.keys() if n != "JOB_STATE_UNSPECIFIED"]
@@ -60,13 +71,15 @@ def parse_state(text: str) -> int:
 @app.command("list")
 def jobs_list(
     state: Annotated[list[str] | None, typer.Option("--state", help="Only jobs in this state; repeatable.")] = None,
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="Only jobs of this kind (training, evaluation, compression); repeatable.")] = None,
     page_size: Annotated[int, typer.Option("--page-size")] = 50,
     page_token: Annotated[str, typer.Option("--page-token", help="From the previous page.")] = "",
     server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
-    request = pb.ListJobsRequest(states=[parse_state(s) for s in state or ()], page_size=page_size,
-                                 page_token=page_token)
+    request = pb.ListJobsRequest(states=[parse_state(s) for s in state or ()], kinds=[parse_kind(k) for k in kind or ()],
+                                 page_size=page_size, page_token=page_token)
     with training_client(server, api_key) as stub:
         reply = stub.ListJobs(request)
     if as_json:
@@ -90,10 +103,11 @@ def jobs_get(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiK
 def _report(job: pb.Job, verb: str) -> None:
     """After start/cancel/pause/resume: the job's state now, or, for a running job, that its
     worker was asked to stop it."""
-    if verb in ("cancel", "pause") and state_name(job.status) == "RUNNING":
-        then = ("the training stops after saving a checkpoint" if verb == "pause"
-                else "the training stops within 10 s and keeps its last checkpoint")
-        console.print(f"job {job.job_id}: {verb} requested; {then}")
+    if verb == "cancel" and state_name(job.status) == "CANCELLING":
+        console.print(f"job {job.job_id} is {styled_state(job.status)}: its worker stops it within 10 s "
+                      "(a training keeps its last checkpoint); `trainforge jobs watch` shows CANCELLED")
+    elif verb == "pause" and state_name(job.status) == "RUNNING":
+        console.print(f"job {job.job_id}: pause requested; the training stops after saving a checkpoint")
     else:
         console.print(f"job {job.job_id} is {styled_state(job.status)}")
 
@@ -117,7 +131,7 @@ def jobs_start(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: Ap
 @app.command("cancel")
 def jobs_cancel(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
                 as_json: JsonOpt = False) -> None:
-    """Cancel a job; a running one stops within 10 s and keeps its last checkpoint."""
+    """Cancel a job; a running one is CANCELLING until its worker stopped it (within 10 s)."""
     return _request_transition(job_id, server, api_key, as_json, "cancel")
 
 
@@ -178,28 +192,40 @@ class _WatchView:
         self.state = state
 
 
-@app.command("watch")
-def jobs_watch(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "") -> None:
-    """Follow a job until it ends: progress bar (steps, loss, tokens/s, ETA), state changes and
-    checkpoints. Exit 0 when it succeeds, 1 when it fails or is cancelled."""
+def follow(stub: RpcClient, job_id: str) -> pb.Job:
+    """Shows a job's events with the progress bar until it ends and returns it as it ended. Ctrl-C
+    stops following (exit 130); the job goes on."""
     view = _WatchView(job_id)
     try:
-        with training_client(server, api_key) as stub:
-            with view.progress:
-                for reply in stub.stream("WatchJob", pb.WatchJobRequest(job_id=job_id)):
-                    view.show(reply.data)
-            job = stub.GetJob(pb.GetJobRequest(job_id=job_id)).data
+        with view.progress:
+            for reply in stub.stream("WatchJob", pb.WatchJobRequest(job_id=job_id)):
+                view.show(reply.data)
+        return stub.GetJob(pb.GetJobRequest(job_id=job_id)).data
     except KeyboardInterrupt:
         err_console.print(f"stopped watching; job {job_id} goes on (`trainforge jobs watch {job_id}` follows it again)")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def report_end(job: pb.Job) -> None:
+    """The outcome of a followed job: its result when it succeeded (exit 0), else why not (exit 1)."""
     state = state_name(job.status)
     if state == "SUCCEEDED":
-        console.print(f"job {job_id} [green]SUCCEEDED[/]"
-                      + (f"; registered {escape(job.result_model_version_id)}" if job.result_model_version_id else ""))
+        result = job_result_text(job) or (f"registered {job.result_model_version_id}" if job.result_model_version_id
+                                          else "")
+        console.print(f"job {job.job_id} [green]SUCCEEDED[/]" + (f"; {escape(result)}" if result else ""))
         return
     if state in TERMINAL:
         detail = f": {job.error.message}" if job.HasField("error") and job.error.message else ""
-        err_console.print(f"job {job_id} {styled_state(job.status)}{escape(detail)}")
+        err_console.print(f"job {job.job_id} {styled_state(job.status)}{escape(detail)}")
     else:
-        err_console.print(f"the event stream ended while job {job_id} is {state}")
+        err_console.print(f"the event stream ended while job {job.job_id} is {state}")
     raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("watch")
+def jobs_watch(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "") -> None:
+    """Follow a job until it ends: progress bar (steps, loss, tokens/s, ETA), state changes and
+    checkpoints, then its result. Exit 0 when it succeeds, 1 when it fails or is cancelled."""
+    with training_client(server, api_key) as stub:
+        job = follow(stub, job_id)
+    report_end(job)

@@ -1,5 +1,7 @@
 """`trainforge models ...`: a gRPC client of RegistryService. Rich tables, or `--json` with proto
-field names (the REST gateway's body shape)."""
+field names (the REST gateway's body shape). `compress` and `evaluate` queue a job (CompressModel,
+EvaluateModel), follow it like `jobs watch` and print its result; `--no-wait` prints the job and
+returns at once."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from rich.panel import Panel
 
 from trainforge.server.cli.common import (
     DEFAULT_SERVER,
+    EXIT_FAILED,
     ApiKeyOpt,
     JsonOpt,
     RpcClient,
@@ -24,6 +27,7 @@ from trainforge.server.cli.common import (
     print_json,
     rpc_client,
 )
+from trainforge.server.cli.jobs import follow, report_end, training_client
 from trainforge.server.cli.tables import (
     comparison_table,
     model_table,
@@ -32,7 +36,7 @@ from trainforge.server.cli.tables import (
     version_table,
     versions_table,
 )
-from trainforge.v1 import registry_pb2, registry_pb2_grpc
+from trainforge.v1 import registry_pb2, registry_pb2_grpc, training_pb2
 
 app = typer.Typer(help="Model registry client (gRPC RegistryService).", no_args_is_help=True)
 
@@ -177,3 +181,75 @@ def models_delete(
         console.print(f"deleted {escape(version_ref(reply.data))}")
     else:
         console.print(f"deleted model {escape(reply.data.name)} with {reply.data.version_count} version(s)")
+
+
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Print the queued job and return; "
+                                                           "`trainforge jobs watch` follows it later.")]
+
+
+def _queued(job: training_pb2.Job, stub: RpcClient, no_wait: bool, as_json: bool) -> None:
+    """After a call that queued a job: print it (`--no-wait`), or follow it and print its result."""
+    if no_wait:
+        if as_json:
+            return print_json(job)
+        console.print(f"queued job {job.job_id}; `trainforge jobs watch {job.job_id}` follows it")
+        return
+    if as_json:  # only the ended job on stdout; the exit status says whether it succeeded
+        job = _wait_quietly(stub, job.job_id)
+        print_json(job)
+        if job.status != training_pb2.JOB_STATE_SUCCEEDED:
+            raise typer.Exit(EXIT_FAILED)
+        return
+    console.print(f"queued job {job.job_id}")
+    report_end(follow(stub, job.job_id))
+
+
+def _wait_quietly(stub: RpcClient, job_id: str) -> training_pb2.Job:
+    for _ in stub.stream("WatchJob", training_pb2.WatchJobRequest(job_id=job_id)):
+        pass
+    return stub.GetJob(training_pb2.GetJobRequest(job_id=job_id)).data
+
+
+@app.command("compress")
+def models_compress(
+    model: Annotated[str, typer.Argument(help="Model name or id.")],
+    version: Annotated[str, typer.Option("--version", help="Version string or alias (default: the latest).")] = "",
+    mode: Annotated[str, typer.Option("--mode", help="w8a8_dynamic (default) or w8a16.")] = "",
+    target_version: Annotated[str, typer.Option("--target-version",
+                                                help="Version string of the result (default <version>-int8).")] = "",
+    max_perplexity_increase: Annotated[float | None, typer.Option(
+        "--max-perplexity-increase", help="Largest relative perplexity increase accepted (default 0.02).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Register the result even if the gate fails.")] = False,
+    no_wait: NoWaitOpt = False, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
+) -> None:
+    """Compress a version to int8 as a job, wait for it and print the registered version."""
+    request = registry_pb2.CompressModelRequest(
+        model_id=model, version=version, compression_type="quantization", precision="int8", mode=mode,
+        target_version=target_version, force=force)
+    if max_perplexity_increase is not None:
+        request.max_perplexity_increase = max_perplexity_increase
+    with _registry(server, api_key) as stub:
+        job = stub.CompressModel(request).data
+    with training_client(server, api_key) as stub:
+        _queued(job, stub, no_wait, as_json)
+
+
+@app.command("evaluate")
+def models_evaluate(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[str, typer.Option("--data", help="Data file under the server's data root.")],
+    version: Annotated[str, typer.Option("--version", help="Version string or alias (default: the latest).")] = "",
+    metric: Annotated[list[str] | None, typer.Option(
+        "--metric", help="accuracy, f1_score, perplexity or bleu; repeatable (default: all).")] = None,
+    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="0: every row.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=0, help="0: 64.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=0, help="0: 8.")] = 0,
+    no_wait: NoWaitOpt = False, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "", as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a registered version on the server as a job, wait for it and print its metrics
+    (`trainforge evaluate` evaluates a local folder in this process instead)."""
+    request = training_pb2.EvaluateModelRequest(
+        model_name=model, version=version, data_path=data, metrics=metric or [], max_samples=max_samples,
+        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with training_client(server, api_key) as stub:
+        _queued(stub.EvaluateModel(request).data, stub, no_wait, as_json)

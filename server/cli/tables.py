@@ -174,7 +174,21 @@ def state_name(state: int) -> str:
     return training_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
-STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan", "PAUSED": "magenta"}
+STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "CANCELLING": "yellow", "RUNNING": "cyan",
+                "PAUSED": "magenta"}
+
+
+def kind_name(kind: int) -> str:
+    return training_pb2.JobKind.Name(kind).removeprefix("JOB_KIND_").lower()
+
+
+def job_title(j: training_pb2.Job) -> str:
+    """What a job is about: a training job's name, or what an evaluation or compression works on."""
+    if j.kind == training_pb2.JOB_KIND_EVALUATION:
+        return f"evaluate {j.evaluation.model_name}:{j.evaluation.version}"
+    if j.kind == training_pb2.JOB_KIND_COMPRESSION:
+        return f"compress {j.compression.model_name}:{j.compression.version}"
+    return j.spec.name
 
 
 def styled_state(state: int) -> str:
@@ -208,6 +222,19 @@ def job_metrics_text(m: training_pb2.JobMetrics) -> str:
     return ", ".join(parts)
 
 
+def job_result_text(j: training_pb2.Job) -> str:
+    """An evaluation's metrics or a compression's outcome; empty for training and unfinished jobs."""
+    if j.HasField("evaluation_result"):
+        r = j.evaluation_result
+        return ", ".join(f"{k}={num(r.metrics[k])}" for k in sorted(r.metrics)) + f" on {r.num_samples} samples"
+    if j.HasField("compression_result"):
+        r = j.compression_result
+        increase = r.metrics.get("perplexity_increase")
+        return (f"registered {r.model_name}:{r.version}, {r.size_bytes:,} bytes (from {r.source_size_bytes:,})"
+                + (f", perplexity {increase:+.2%}" if increase is not None else ""))
+    return ""
+
+
 def jobs_table(reply: training_pb2.ListJobsResponse) -> Table:
     table = Table(caption=f"{len(reply.data)} of {plural(reply.total_size, 'job')}; times in UTC",
                   caption_justify="left", box=None, padding=(0, 1), collapse_padding=True, pad_edge=False)
@@ -221,7 +248,7 @@ def jobs_table(reply: training_pb2.ListJobsResponse) -> Table:
         loss = num(j.metrics.train_loss) if j.metrics.HasField("train_loss") else ""
         p = j.progress
         steps = f"{p.current_step}/{p.total_steps} {p.percent:.0f}%" if p.total_steps else ""
-        table.add_row(j.job_id, escape(j.spec.name), styled_state(j.status), steps, loss, time_text(j.create_time))
+        table.add_row(j.job_id, escape(job_title(j)), styled_state(j.status), steps, loss, time_text(j.create_time))
     return table
 
 
@@ -232,8 +259,11 @@ def job_table(j: training_pb2.Job) -> Table:
     spec, r = j.spec, j.resources
     data = spec.training_data
     rows = [
-        ("job", j.job_id), ("name", escape(spec.name)), ("state", styled_state(j.status)),
+        ("job", j.job_id), ("kind", kind_name(j.kind)), ("name", escape(job_title(j))), ("state", styled_state(j.status)),
         ("model", escape(spec.model)), ("data", escape(f"{data.path} ({data.format or 'jsonl'})") if data.path else ""),
+        ("evaluated on", escape(j.evaluation.data_path)),
+        ("compression", escape(f"{j.compression.mode} -> {j.compression.target_version}, gate "
+                               f"{j.compression.max_perplexity_increase:.2%}") if j.compression.mode else ""),
         ("method", spec.method), ("attempt", str(j.attempt) if j.attempt else ""),
         ("progress", progress_text(j.progress)),
         ("remaining", duration(j.progress.estimated_remaining)),
@@ -243,6 +273,7 @@ def job_table(j: training_pb2.Job) -> Table:
          if r.rss_mb else ""),
         ("error", escape(j.error.message) if j.HasField("error") else ""),
         ("model version", j.result_model_version_id),
+        ("result", escape(job_result_text(j))),
         ("created", time_text(j.create_time)), ("started", time_text(j.start_time)), ("ended", time_text(j.end_time)),
     ]
     for key, value in rows:

@@ -129,3 +129,22 @@ def test_cancel_of_a_running_evaluation_stops_its_child_process(rest, worker, se
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive and not _children_of(job_id)
     assert "evaluation_result" not in done
+
+
+def test_cli_evaluate_and_compress_wait_for_their_jobs_and_print_the_result(worker, grpc_server, api_keys,
+                                                                            tiny_model, eval_data):
+    from tests.server.test_cli import invoke
+
+    server = ("--server", f"127.0.0.1:{grpc_server.port}")
+    out = invoke("models", "evaluate", tiny_model, "--data", eval_data, "--metric", "perplexity", *server,
+                 api_key=api_keys["trainer"]).output
+    assert "queued job" in out and "SUCCEEDED" in out and "perplexity=" in out, out
+    out = invoke("models", "compress", tiny_model, "--mode", "w8a16", "--target-version", "1.0.0-cli", *server,
+                 api_key=api_keys["trainer"]).output
+    assert "SUCCEEDED" in out and f"registered {tiny_model}:1.0.0-cli" in out, out
+    job = json.loads(invoke("models", "evaluate", tiny_model, "--data", eval_data, "--version", "1.0.0-cli",
+                            "--metric", "perplexity", "--no-wait", "--json", *server, api_key=api_keys["trainer"]).stdout)
+    assert job["status"] == "JOB_STATE_QUEUED" and job["evaluation"]["version"] == "1.0.0-cli"
+    refused = invoke("models", "evaluate", tiny_model, "--data", "../nope.jsonl", *server, expect=1,
+                     api_key=api_keys["trainer"]).output
+    assert "INVALID_ARGUMENT" in refused and "data_path" in refused
