@@ -314,14 +314,29 @@ class JobStore:
                 if found is None:
                     return None
                 if found["state"] == m.CANCELLING or (found["state"] == m.RUNNING and found["cancel_requested"]):
-                    await self._move(conn, found, m.CANCELLED, f"{found['state'].lower()} -> cancelled; its worker "
-                                     f"{found['worker_id']} stopped renewing its lease (found by worker {worker_id})")
+                    await self._cancel_abandoned(conn, found, worker_id)
                     continue
                 if found["kind"] in limits and await self._kind_is_full(conn, found, limits[found["kind"]]):
                     full.append(found["kind"])
                     continue
                 return await self._take(conn, found, worker_id, lease)
         return None
+
+    async def cancel_abandoned(self, noticed_by: str) -> int:
+        """Records CANCELLED for every job being cancelled whose worker is gone (lease expired):
+        what each claim does for the job it finds, for workers too busy to claim. Returns how many."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT id, state, worker_id FROM jobs WHERE state IN ('RUNNING', 'CANCELLING') "
+                "AND (state = 'CANCELLING' OR cancel_requested) AND lease_expires < now() FOR UPDATE SKIP LOCKED")
+            rows = await cur.fetchall()
+            for row in rows:
+                await self._cancel_abandoned(conn, row, noticed_by)
+        return len(rows)
+
+    async def _cancel_abandoned(self, conn: psycopg.AsyncConnection, row: dict[str, Any], noticed_by: str) -> None:
+        await self._move(conn, row, m.CANCELLED, f"{row['state'].lower()} -> cancelled; its worker {row['worker_id']} "
+                         f"stopped renewing its lease (noticed by {noticed_by})")
 
     async def _kind_is_full(self, conn: psycopg.AsyncConnection, found: dict[str, Any], limit: int) -> bool:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))

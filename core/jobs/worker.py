@@ -71,10 +71,27 @@ class Worker:
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
         wake = QueueWake(self.config.dsn)
         wake.start()
+        sweeper = asyncio.create_task(self._sweep(stop), name=f"trainforge-sweep-{self.worker_id}")
         try:
             await self._loop(stop, wake)
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await wake.close()
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        """Once a lease period, even while this worker is busy with a job: a job being cancelled
+        whose worker is gone becomes CANCELLED (an idle worker's claim does the same sooner)."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.lease.total_seconds())
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.jobs.cancel_abandoned(self.worker_id)
+            except Exception:  # noqa: BLE001 - the next period tries again
+                log.warning("sweeping abandoned cancels failed", exc_info=True)
 
     async def _loop(self, stop: asyncio.Event, wake: QueueWake) -> None:
         while not stop.is_set():

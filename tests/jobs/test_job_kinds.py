@@ -145,6 +145,8 @@ def test_cli_evaluate_and_compress_wait_for_their_jobs_and_print_the_result(work
     job = json.loads(invoke("models", "evaluate", tiny_model, "--data", eval_data, "--version", "1.0.0-cli",
                             "--metric", "perplexity", "--no-wait", "--json", *server, api_key=api_keys["trainer"]).stdout)
     assert job["status"] == "JOB_STATE_QUEUED" and job["evaluation"]["version"] == "1.0.0-cli"
+    watched = invoke("jobs", "watch", job["job_id"], *server, api_key=api_keys["trainer"]).output
+    assert "SUCCEEDED" in watched and "perplexity=" in watched, watched
     refused = invoke("models", "evaluate", tiny_model, "--data", "../nope.jsonl", *server, expect=1,
                      api_key=api_keys["trainer"]).output
     assert "INVALID_ARGUMENT" in refused and "data_path" in refused

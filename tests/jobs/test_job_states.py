@@ -102,6 +102,16 @@ async def test_cancelling_job_of_a_dead_worker_is_cancelled_by_whoever_notices(s
     await _expire(store, other.job_id)
     assert await store.claim("w2", LEASE) is None
     assert (await store.get(other.job_id)).state == m.CANCELLED
+    # Noticed by a busy worker's periodic sweep, which never takes a job.
+    third = await store.create("dead3", SPEC, "k", start=True)
+    await store.claim("w1", LEASE)
+    await store.cancel(third.job_id)
+    await _expire(store, third.job_id)
+    queued = await store.create("not-swept", SPEC, "k", start=True)
+    assert await store.cancel_abandoned("sweeper") == 1
+    assert (await store.get(third.job_id)).state == m.CANCELLED
+    assert (await store.get(queued.job_id)).state == m.QUEUED
+    await store.cancel(queued.job_id)
     # The old worker's late report changes nothing.
     assert not await store.finish(other.job_id, claimed.attempt, m.SUCCEEDED, "late")
     # A running job (no cancel) of a dead worker is resumed, as before.
