@@ -169,14 +169,17 @@ class JobStore:
 
     async def _move(self, conn: psycopg.AsyncConnection, row: dict[str, Any], target: str, message: str) -> m.Job:
         """Sets the state of a locked job and appends its event. Leaving a leased state for a
-        non-leased one clears the lease; the cancel flag is set exactly while CANCELLING."""
+        non-leased one clears the lease; the cancel flag is set exactly while CANCELLING; the pause
+        flag is kept only by a job handed back to the queue."""
         cur = await conn.execute(
             "UPDATE jobs SET state = %(t)s, update_time = now(), "
             "queue_time = CASE WHEN %(t)s = 'QUEUED' THEN now() ELSE queue_time END, "
             "end_time = CASE WHEN %(t)s IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now() ELSE end_time END, "
             "lease_expires = CASE WHEN %(t)s IN ('RUNNING', 'CANCELLING') THEN lease_expires END, "
             "worker_id = CASE WHEN %(t)s IN ('RUNNING', 'CANCELLING') THEN worker_id END, "
-            "cancel_requested = (%(t)s = 'CANCELLING'), pause_requested = false WHERE id = %(id)s RETURNING *",
+            "cancel_requested = (%(t)s = 'CANCELLING'), "
+            # A pause asked of a running job survives its hand-back to the queue (release).
+            "pause_requested = pause_requested AND %(t)s = 'QUEUED' WHERE id = %(id)s RETURNING *",
             {"t": target, "id": row["id"]})
         updated = await cur.fetchone()
         await append_event(conn, row["id"], m.STATE_CHANGED, message)

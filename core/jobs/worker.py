@@ -1,9 +1,9 @@
 """A worker claims jobs from Postgres, runs each in its own process group, keeps its lease alive
 with heartbeats, and records the outcome. Every kind of job (training, evaluation, compression)
 runs this way: `execute` dispatches to the kind's runner, and each runner starts its processes
-and hands them to the same supervision (heartbeats, cancel, lease loss, stop). Many workers, on many machines, can share one database:
-claims use SKIP LOCKED, and a job whose worker stopped heartbeating is claimed again after its
-lease expires and resumes from its last checkpoint."""
+and hands them to the same supervision (heartbeats, cancel, lease loss, stop). Many workers, on
+many machines, can share one database: claims use SKIP LOCKED, and a job whose worker stopped
+heartbeating is claimed again after its lease expires and resumes from its last checkpoint."""
 
 from __future__ import annotations
 

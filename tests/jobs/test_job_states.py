@@ -128,6 +128,13 @@ async def test_a_stopping_worker_hands_a_cancelling_job_to_cancelled_not_the_que
     await store.cancel(job.job_id)
     assert await store.release(job.job_id, claimed.attempt, "worker shut down")
     assert (await store.get(job.job_id)).state == m.CANCELLED
+    # A running job is queued again, keeping a pause asked of it for its next attempt.
+    paused = await store.create("paused", SPEC, "k", start=True)
+    claimed = await store.claim("w1", LEASE)
+    await store.pause(paused.job_id)
+    assert await store.release(paused.job_id, claimed.attempt, "worker shut down")
+    again = await store.get(paused.job_id)
+    assert again.state == m.QUEUED and again.pause_requested and again.worker_id == ""
 
 
 async def test_only_the_owner_or_an_admin_changes_a_job(store):
