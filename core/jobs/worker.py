@@ -170,11 +170,15 @@ class Worker:
 
     async def _run_compression(self, job: m.Job, stop: asyncio.Event) -> None:
         spec, compressor = job.spec, VersionCompressor(self.registry, self._data_root())
-        output = self.config.jobs_dir / job.job_id / "output"
+        # Per attempt: a worker that lost the lease may still be stopping its child, which writes
+        # into its own attempt's folder, never into this one.
+        job_dir = self.config.jobs_dir / job.job_id
+        output = job_dir / f"attempt-{job.attempt}-output"
+        for stale in job_dir.glob("attempt-*-output"):  # dead attempts' partial folders
+            await asyncio.to_thread(shutil.rmtree, stale, True)
         try:
             version = await compressor.adopt(spec, job.job_id)
             if version is None:
-                await asyncio.to_thread(shutil.rmtree, output, True)  # a dead attempt's partial folder
                 folder = await self.registry.materialize(spec["model_name"], spec["version"], self._registry_cache())
                 request = await compressor.child_request(spec, folder, output)
                 reply = await self._run_child(job, compress_version.MODULE, request, stop, "compression")
