@@ -139,7 +139,7 @@ def test_cli_evaluate_and_compress_wait_for_their_jobs_and_print_the_result(work
     out = invoke("models", "evaluate", tiny_model, "--data", eval_data, "--metric", "perplexity", *server,
                  api_key=api_keys["trainer"]).output
     assert "queued job" in out and "SUCCEEDED" in out and "perplexity=" in out, out
-    out = invoke("models", "compress", tiny_model, "--mode", "w8a16", "--target-version", "1.0.0-cli", *server,
+    out = invoke("models", "compress", tiny_model, "--version", "1.0.0", "--mode", "w8a16", "--target-version", "1.0.0-cli", *server,
                  api_key=api_keys["trainer"]).output
     assert "SUCCEEDED" in out and f"registered {tiny_model}:1.0.0-cli" in out, out
     job = json.loads(invoke("models", "evaluate", tiny_model, "--data", eval_data, "--version", "1.0.0-cli",
