@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from trainforge.core.access.audit import Actor, acting
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
 from trainforge.core.jobs import models as m
@@ -182,8 +183,12 @@ class Worker:
             lineage=Lineage(base_model=spec.get("model", ""), dataset_digest=result.get("dataset_sha256", ""),
                             job_id=job.job_id, config=spec),
             changelog=f"trained by job {job.job_id}")
+        # Audited like an API call, in the registration's transaction, as the job owner's change.
+        actor = Actor(job.owner_key_id, "worker", "worker:RegisterJobVersion", f"job-{job.job_id}-{job.attempt}",
+                      f"worker:{self.worker_id}", lambda: f"{new.name}/{new.version}")
         try:
-            version = await self.registry.register(new, artifacts_dir=output_dir / "model")
+            with acting(actor):
+                version = await self.registry.register(new, artifacts_dir=output_dir / "model")
         except AlreadyExists:
             # A previous attempt registered it before its worker died: the same job's version is
             # adopted, so a job never registers two versions.
