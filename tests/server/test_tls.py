@@ -22,9 +22,11 @@ import grpc
 import psycopg
 import pytest
 
+from tests.server.test_cli import runner
 from tests.support import authed, free_port
 from trainforge.core.errors import InvalidArgument
 from trainforge.core.settings import Settings, load_settings
+from trainforge.server.cli import app
 from trainforge.server.service import Endpoints, Service, warn_if_plaintext
 from trainforge.v1 import registry_pb2 as pb
 from trainforge.v1 import registry_pb2_grpc
@@ -176,6 +178,11 @@ def test_grpc_over_tls(tls_service, pki, api_keys):
     with grpc.secure_channel(tls_service.grpc_address, credentials) as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(authed(channel, api_keys["viewer"]))
         assert stub.ListModels(pb.ListModelsRequest(page_size=1), timeout=30).total_size >= 0
+    # The CLI, told the CA by TRAINFORGE_TLS_CA_FILE.
+    listed = runner.invoke(app, ["models", "list", "--server", tls_service.grpc_address, "--json"],
+                           env={"TRAINFORGE_API_KEY": api_keys["viewer"],
+                                "TRAINFORGE_TLS_CA_FILE": str(pki["server_pem"])})
+    assert listed.exit_code == 0 and "data" in json.loads(listed.stdout), listed.output
     with grpc.insecure_channel(tls_service.grpc_address) as channel:  # plaintext to the TLS port
         stub = registry_pb2_grpc.RegistryServiceStub(authed(channel, api_keys["viewer"]))
         with pytest.raises(grpc.RpcError) as info:
