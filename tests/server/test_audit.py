@@ -96,6 +96,13 @@ def test_each_change_has_exactly_one_record(registry, database_url):
     [row] = _rows(database_url, "request_id = %s", request_id)
     assert (row["outcome"], row["resource"], row["role"]) == ("OK", f"{name}/1", "admin")
     assert row["client"].startswith("ipv4:127.0.0.1:")
+    # A client stream names its resource in its first message, after the call was authorised.
+    upload_id = uuid.uuid4().hex
+    registry.UploadArtifacts(iter([pb.UploadArtifactsRequest(model_id=name, version="1", path="a.txt", data=b"x")]),
+                             metadata=(("x-request-id", upload_id),))
+    [row] = _rows(database_url, "request_id = %s", upload_id)
+    assert (row["outcome"], row["resource"], row["rpc"]) == ("OK", f"{name}/1",
+                                                             "/trainforge.v1.RegistryService/UploadArtifacts")
 
 
 def test_a_rest_call_is_recorded_with_the_client_address_envoy_saw(gateway, api_keys, database_url):

@@ -123,10 +123,10 @@ class _Serving:
         self._thread.join(60)
 
 
-def _serve(data_dir: Path, database_url: str, **tls: Path) -> _Serving:
+def _serve(data_dir: Path, database_url: str, **values) -> _Serving:
     return _Serving(load_settings(env={}, data_dir=str(data_dir), database_url=database_url, grpc_port=0,
                                   http_port=free_port(), envoy_admin_port=0, metrics_port=0, workers=0,
-                                  **{k: str(v) for k, v in tls.items()}))
+                                  **{k: str(v) for k, v in values.items()}))
 
 
 def _https(url: str, token: str, context: ssl.SSLContext) -> tuple[int, dict]:
@@ -137,8 +137,9 @@ def _https(url: str, token: str, context: ssl.SSLContext) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def tls_service(pki, tmp_path_factory, database_url) -> Iterator[Endpoints]:
-    with _serve(tmp_path_factory.mktemp("tls-serve"), database_url, tls_cert_file=pki["server_pem"],
-                tls_key_file=pki["server_key"]) as endpoints:
+    # Two API processes: the second serves the gateway only, in plaintext on loopback.
+    with _serve(tmp_path_factory.mktemp("tls-serve"), database_url, api_processes=2,
+                tls_cert_file=pki["server_pem"], tls_key_file=pki["server_key"]) as endpoints:
         yield endpoints
 
 
