@@ -27,7 +27,7 @@ from tests.support import authed, free_port
 from trainforge.core.errors import InvalidArgument
 from trainforge.core.settings import Settings, load_settings
 from trainforge.server.cli import app
-from trainforge.server.service import Endpoints, Service, warn_if_plaintext
+from trainforge.server.service import Endpoints, Service, gateway_needs_own_port, warn_if_plaintext
 from trainforge.v1 import registry_pb2 as pb
 from trainforge.v1 import registry_pb2_grpc
 
@@ -81,6 +81,10 @@ def test_a_plaintext_listener_on_the_network_is_warned_about(pki, caplog):
         assert warn_if_plaintext(Settings(http_host="0.0.0.0")) == ["http_host=0.0.0.0"]
         assert warn_if_plaintext(Settings(grpc_host="192.0.2.10", tls_cert_file=str(pki["server_pem"]),
                                           tls_key_file=str(pki["server_key"]))) == []
+    # Envoy reaches the server over loopback plaintext: a port of its own unless the public one is that.
+    assert not gateway_needs_own_port(Settings()) and not gateway_needs_own_port(Settings(grpc_host="0.0.0.0"))
+    assert gateway_needs_own_port(Settings(grpc_host="192.0.2.10"))
+    assert gateway_needs_own_port(Settings(tls_cert_file=str(pki["server_pem"]), tls_key_file=str(pki["server_key"])))
     [record] = caplog.records
     assert record.levelno == logging.WARNING and "PLAINTEXT" in record.getMessage()
     assert "http_host=0.0.0.0" in record.getMessage()
