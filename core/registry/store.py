@@ -60,14 +60,24 @@ VERSION_UPDATABLE = ("description", "tags", "performance_metrics", "changelog")
 MAX_COMPARE = 16
 MAX_LATENCY_SAMPLES = 10_000
 
-_VERSION_SELECT = f"""
-SELECT v.*, m.name,
+
+def _version_select(models_alias: str) -> str:
+    """A version row with its model's name, aliases and deployed flag. The models table is named
+    `models_alias` so that a query embedding this one (a LATERAL join) can keep its own `m`: with
+    the same alias inside, `v.model_id = m.id` would compare the inner row with itself."""
+    live = ", ".join(f"'{s}'" for s in LIVE_DEPLOYMENT_STATES)
+    return f"""
+SELECT v.*, {models_alias}.name,
        COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a
                  WHERE a.version_id = v.id), '{{}}') AS aliases,
        EXISTS (SELECT 1 FROM deployments d WHERE d.model_version_id = v.id
-               AND d.state IN ({", ".join(f"'{s}'" for s in LIVE_DEPLOYMENT_STATES)})) AS deployed
-FROM model_versions v JOIN models m ON m.id = v.model_id
+               AND d.state IN ({live})) AS deployed
+FROM model_versions v JOIN models {models_alias} ON {models_alias}.id = v.model_id
 """
+
+
+# Top-level version queries (filters and order-by name `m.name`).
+_VERSION_SELECT = _version_select("m")
 
 _ORDER_FIELDS = {
     "create_time": "v.create_time",
@@ -87,7 +97,7 @@ SELECT m.*,
        (SELECT count(*) FROM model_versions c WHERE c.model_id = m.id) AS version_count,
        to_jsonb(lv) AS latest
 FROM models m
-LEFT JOIN LATERAL ({_VERSION_SELECT} WHERE v.model_id = m.id ORDER BY v.create_time DESC, v.id DESC LIMIT 1) lv
+LEFT JOIN LATERAL ({_version_select("lm")} WHERE v.model_id = m.id ORDER BY v.create_time DESC, v.id DESC LIMIT 1) lv
   ON true
 """
 
