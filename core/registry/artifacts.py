@@ -4,12 +4,15 @@ the sha256 of its sorted `path<TAB>sha256<TAB>size` lines, so equal trees get eq
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 
 from trainforge.core.errors import DataLoss, FieldViolation, InvalidArgument
@@ -136,12 +139,46 @@ class ArtifactStore:
                 offset += len(chunk)
 
     def materialize(self, manifest: Manifest, cache_root: Path) -> Path:
+        """The manifest's files as a folder `cache_root/<manifest digest>`, every file checked
+        against its sha256 on each call.
+
+        Callers in any thread or process of this machine agree through a lock file per digest
+        (`.locks/<digest>.lock`, fcntl): checks share it, a build holds it alone, so the callers
+        that race the first materialisation wait for one build and all get its folder. A folder
+        that no longer matches (edited in place) is never deleted, since a running job or
+        evaluation may be reading it: it is renamed to `.retired/<digest>-...` and a fresh copy
+        from the verified store takes its name. Retired folders are left to the operator."""
         target = cache_root / manifest.manifest_digest
-        if target.is_dir():
-            if all(_file_sha256(target / f.path) == f.sha256 for f in manifest.files):
+        locks = cache_root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = locks / f"{manifest.manifest_digest}.lock"
+        with _flock(lock, fcntl.LOCK_SH):
+            if _intact(target, manifest):
                 return target
-            shutil.rmtree(target)  # edited in place since: rebuild from the verified store
-        cache_root.mkdir(parents=True, exist_ok=True)
+        with _flock(lock, fcntl.LOCK_EX):
+            if _intact(target, manifest):  # built by the caller this one waited for
+                return target
+            fresh = self._build(manifest, cache_root)
+            try:
+                if target.exists() or target.is_symlink():
+                    retired = cache_root / ".retired" / f"{target.name}-{time.time_ns()}-{os.getpid()}"
+                    retired.parent.mkdir(exist_ok=True)
+                    os.rename(target, retired)
+                os.rename(fresh, target)
+            except OSError:
+                shutil.rmtree(fresh, ignore_errors=True)
+                # A builder that does not take the lock (another machine sharing the folder)
+                # put its copy there first: its folder is as good as this one.
+                if _intact(target, manifest):
+                    return target
+                raise
+            except BaseException:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise
+        return target
+
+    def _build(self, manifest: Manifest, cache_root: Path) -> Path:
+        """A new folder beside the target holding verified copies of the manifest's files."""
         staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".staging-"))
         try:
             for f in manifest.files:
@@ -153,11 +190,10 @@ class ArtifactStore:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 # A copy, not a hard link: editing the loaded folder must never alter the store.
                 shutil.copyfile(self.blob_path(f.sha256), destination)
-            os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return target
+        return staging
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "sha256").rglob("*") if p.is_file())
@@ -236,6 +272,22 @@ class BlobWriter:
             self._file.close()
         if not self.published:
             self._tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    """An fcntl lock on `path` (created if missing, never removed: removing a lock file lets two
+    holders lock different files under one name)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _intact(folder: Path, manifest: Manifest) -> bool:
+    return folder.is_dir() and all(_file_sha256(folder / f.path) == f.sha256 for f in manifest.files)
 
 
 def _file_sha256(path: Path) -> str:
