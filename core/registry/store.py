@@ -61,7 +61,8 @@ VERSION_UPDATABLE = ("description", "tags", "performance_metrics", "changelog")
 MAX_COMPARE = 16
 MAX_LATENCY_SAMPLES = 10_000
 # First key of the two-key advisory locks on blobs ("blob" as a big-endian int32); the second is the
-# digest's first 32 bits. Two-key locks never conflict with the one-key locks of jobs and bootstrap.
+# blob's folder in the store (the digest's first byte, see _blob_lock_key). Two-key locks never
+# conflict with the one-key locks of jobs and bootstrap.
 BLOB_LOCK_SPACE = 0x626C6F62
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,12 @@ def _etag() -> str:
 
 
 def _blob_lock_key(sha256: str) -> int:
-    """The digest's first 32 bits as a signed int4. Two digests sharing them only share a lock."""
-    key = int(sha256[:8], 16)
-    return key - (1 << 32) if key >= 1 << 31 else key
+    """One lock per blob folder (`sha256/<first byte>/`, 256 of them), not per digest: a version
+    may hold 10,000 files, and per-digest locks would take 10,000 entries of PostgreSQL's lock
+    table (max_locks_per_transaction 64 x max_connections: 6,400 by default) in one transaction.
+    Digests in one folder share the lock; a collector waits at most for the registers that
+    publish into the same folders, a register for one collector's unlinks."""
+    return int(sha256[:2], 16)
 
 
 def _is_uuid(value: str) -> bool:
