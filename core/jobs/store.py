@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from trainforge.core import pagination
+from trainforge.core.access.audit import audited_transaction
 from trainforge.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -95,7 +96,7 @@ class JobStore:
         if kind not in m.KINDS:
             raise InvalidArgument.one("kind", f"unknown job kind {kind!r}")
         job_id = uuid.uuid4()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             if start:
                 await self._check_active_limit(conn, owner_key_id)
             cur = await conn.execute(
@@ -188,7 +189,7 @@ class JobStore:
     async def _transition(self, job_id: str, allowed: dict[str, str], verb: str, *, owner_key_id: str = "",
                           only_owner: str | None = None) -> m.Job:
         """Moves a job along `allowed` (from-state -> to-state) under a row lock."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._lock(conn, job_id, verb, only_owner)
             state = row["state"]
             if state not in allowed:
@@ -207,7 +208,7 @@ class JobStore:
         """PENDING, QUEUED, PAUSED -> CANCELLED at once. RUNNING -> CANCELLING: its worker stops the
         processes and records CANCELLED; when that worker is gone (its lease expired), CANCELLED at
         once, since nobody else would. CANCELLING answers as it is (a repeated cancel)."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._lock(conn, job_id, "cancel", only_owner)
             state = row["state"]
             if state == m.CANCELLING and not row["lease_lost"]:
@@ -226,7 +227,7 @@ class JobStore:
     async def pause(self, job_id: str, only_owner: str | None = None) -> m.Job:
         """QUEUED -> PAUSED at once; a RUNNING job gets the pause flag, and its process writes a
         checkpoint and exits, after which the worker records PAUSED."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._lock(conn, job_id, "pause", only_owner)
             if row["state"] == m.RUNNING and row["kind"] != m.TRAINING:
                 # Only training checkpoints; an evaluation or compression stopped midway starts over.

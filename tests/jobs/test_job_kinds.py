@@ -8,6 +8,7 @@ import json
 import time
 
 import psutil
+import psycopg
 import pytest
 
 from tests.jobs.conftest import finished_job, registered_tiny_model, wait_for
@@ -60,7 +61,7 @@ def test_evaluate_returns_a_job_at_once_and_the_result_lands_on_it(rest, worker,
     assert job["job_id"] in {j["job_id"] for j in kinds} and {j["kind"] for j in kinds} == {"JOB_KIND_EVALUATION"}
 
 
-def test_compress_returns_a_job_at_once_and_registers_the_version(rest, worker, tiny_model):
+def test_compress_returns_a_job_at_once_and_registers_the_version(rest, worker, tiny_model, database_url, api_keys):
     reply, seconds = _timed_post(rest, f"/api/training/models/{tiny_model}/compress",
                                  {"compression_type": "quantization", "precision": "int8"})
     assert reply.status == 200, reply
@@ -76,6 +77,13 @@ def test_compress_returns_a_job_at_once_and_registers_the_version(rest, worker, 
     report = done["compression_result"]
     assert report["model_version_id"] == version["model_version_id"] and report["gate_passed"]
     assert report["metrics"] == version["performance_metrics"] and 0 < int(report["size_bytes"])
+    # The worker's registration is audited in its transaction, as a change by the job's owner.
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT key_id, outcome, request_id FROM audit_log WHERE rpc = "
+                            "'worker:RegisterCompressedVersion' AND resource = %s",
+                            (f"{tiny_model}/1.0.0-int8",)).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(api_keys["admin"].split("_")[1], "OK")]
+    assert rows[0][2].startswith(f"job-{job['job_id']}-")
     # The target exists now: a second request is refused at once, nothing queued.
     before = _total_jobs(rest)
     again = rest.post(f"/api/training/models/{tiny_model}/compress",
