@@ -139,6 +139,7 @@ def test_cancel_of_a_running_evaluation_stops_its_child_process(rest, worker, se
     assert "evaluation_result" not in done
 
 
+@pytest.mark.slow  # ~30 s on 2 busy cores: two evaluations and a compression; the API tests above are the fast path
 def test_cli_evaluate_and_compress_wait_for_their_jobs_and_print_the_result(worker, grpc_server, api_keys,
                                                                             tiny_model, eval_data):
     from tests.server.test_cli import invoke
