@@ -241,21 +241,22 @@ class WorkerGroup:
     can tell that someone serves the queue; it removes its row when it stops.
 
     `gpus`: the GPUs to hand out (settings.gpus through core.jobs.devices.visible_gpus); None finds
-    them (CUDA_VISIBLE_DEVICES, else NVML)."""
+    them (CUDA_VISIBLE_DEVICES, else NVML). `heartbeat`: False only for a group without a database."""
 
     def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int,
-                 gpus: Sequence[str] | None = None):
+                 gpus: Sequence[str] | None = None, *, heartbeat: bool = True):
         self.devices = DeviceAllocator(visible_gpus() if gpus is None else gpus)
         self.workers = [Worker(jobs, registry, config, devices=self.devices) for _ in range(count)]
         self.heartbeat = WorkerHeartbeat(WorkerDirectory(jobs.pool), concurrency=count, gpus=self.devices.gpus,
-                                         worker_ids=[w.worker_id for w in self.workers])
+                                         worker_ids=[w.worker_id for w in self.workers]) if heartbeat else None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._supervise(w), name=f"trainforge-worker-{i}")
                        for i, w in enumerate(self.workers)]
-        self._tasks.append(asyncio.create_task(self.heartbeat.run(self._stop), name="trainforge-worker-heartbeat"))
+        if self.heartbeat is not None:
+            self._tasks.append(asyncio.create_task(self.heartbeat.run(self._stop), name="trainforge-worker-heartbeat"))
 
     async def _supervise(self, worker: Worker) -> None:
         while not self._stop.is_set():

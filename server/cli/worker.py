@@ -61,8 +61,8 @@ def worker(
                                     gpus=visible_gpus(settings.gpus))
                 group.start()
                 on = f"GPUs {','.join(group.devices.gpus)}" if group.devices.gpu_host else "the CPU"
-                console.print(f"{concurrency} worker(s) on {escape(on)} claiming jobs from {escape(database.where)}; "
-                              "Ctrl-C stops them", soft_wrap=True)
+                console.print(f"{concurrency} worker(s) claiming jobs from {escape(database.where)} to run on "
+                              f"{escape(on)}; Ctrl-C stops them", soft_wrap=True)
                 await stop.wait()
                 await group.stop()
             finally:
