@@ -5,6 +5,7 @@ on its next report and stops instead of writing over the new attempt."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -17,6 +18,12 @@ from trainforge.core.jobs.store import APPEND_EVENT_SQL, NOTIFY_CHANNEL
 
 PROGRESS_EVERY_SECONDS = 1.0  # progress is rate-limited; evaluations, checkpoints and the last step never are
 CHECK_FLAGS_EVERY_SECONDS = 1.0
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics that JSON can hold: a DeepSpeed ZeRO-0 step reports no gradient norm
+    (NaN in the recipe), and PostgreSQL's jsonb refuses NaN, which failed the whole job."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class LeaseLost(RuntimeError):
@@ -63,18 +70,18 @@ class PostgresReporter:
         progress = {"current_epoch": epoch, "total_epochs": total_epochs, "current_step": step,
                     "total_steps": total_steps, "percent": round(100.0 * step / total_steps, 2) if total_steps else 0.0,
                     "estimated_remaining": round(remaining_ms, 1)}
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         self._update("progress = %s, metrics = metrics || %s", (Jsonb(progress), Jsonb(clean)))
         self._event(m.PROGRESS, f"step {step}/{total_steps}", progress, clean)
 
     def evaluation(self, step: int, metrics: dict[str, Any]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         self._update("metrics = metrics || %s", (Jsonb(clean),))
         self._event(m.EVALUATION, f"evaluation at step {step}", metrics=clean)
 
     def checkpoint(self, step: int, epoch: int, path: str, metrics: dict[str, Any], is_best: bool) -> None:
         size = sum(f.stat().st_size for f in _walk(path))
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO job_checkpoints (job_id, step, epoch, path, size_bytes, metrics, is_best) "

@@ -297,23 +297,33 @@ class JobStore:
             average_training_seconds=float(times["mean"] or 0.0), p50_training_seconds=float(times["p50"] or 0.0))
 
     # -- the worker's side ---------------------------------------------------------------------
-    async def claim(self, worker_id: str, lease: timedelta, limits: dict[str, int] | None = None) -> m.Job | None:
+    async def claim(self, worker_id: str, lease: timedelta, limits: dict[str, int] | None = None, *,
+                    max_devices: int | None = None) -> m.Job | None:
         """Takes the oldest queued job, or a leased one whose worker stopped renewing its lease.
         SKIP LOCKED lets many workers claim concurrently without ever taking the same row.
 
         `limits`: the most jobs of a kind (m.KINDS) that may run at once, 0 or absent for no limit;
         counted under one advisory lock inside this transaction, so two workers claiming at the
         same moment cannot both take the last slot. A job whose worker is gone while it was being
-        cancelled (CANCELLING, or a cancel request on it) is finished CANCELLED here, never run again."""
+        cancelled (CANCELLING, or a cancel request on it) is finished CANCELLED here, never run again.
+
+        `max_devices`: the worker's free GPUs; only a job whose processes fit (its world size,
+        written to `resolved.world_size` when the spec was prepared; 1 when absent) or whose ranks
+        a hostfile places is taken. None: any job (a CPU host)."""
         limits = {k: n for k, n in (limits or {}).items() if n > 0}
         full: list[str] = []
+        fits, params = "", ()
+        if max_devices is not None:
+            fits = ("AND (spec->'resolved'->>'hostfile_path' IS NOT NULL "
+                    "OR COALESCE((spec->'resolved'->>'world_size')::int, 1) <= %s) ")
+            params = (max_devices,)
         async with self.pool.connection() as conn, conn.transaction():
             for _ in range(100):  # each pass cancels an abandoned job or rules out a kind
                 cur = await conn.execute(
                     "SELECT id, state, kind, cancel_requested, worker_id FROM jobs "
                     "WHERE (state = 'QUEUED' OR (state IN ('RUNNING', 'CANCELLING') AND lease_expires < now())) "
-                    "AND kind <> ALL(%s) ORDER BY queue_time NULLS LAST, create_time FOR UPDATE SKIP LOCKED LIMIT 1",
-                    (full,))
+                    "AND kind <> ALL(%s) " + fits +
+                    "ORDER BY queue_time NULLS LAST, create_time FOR UPDATE SKIP LOCKED LIMIT 1", (full, *params))
                 found = await cur.fetchone()
                 if found is None:
                     return None
