@@ -97,6 +97,11 @@ class Settings(BaseModel):
     def artifacts_dir(self) -> Path:
         return self.resolve(self.artifacts_root)
 
+    @property
+    def jobs_dir(self) -> Path:
+        """Each job's working folder (config, logs, checkpoints): data_dir/jobs/<job id>."""
+        return self.data_dir / "jobs"
+
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir):
             path.mkdir(parents=True, exist_ok=True)

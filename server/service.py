@@ -225,7 +225,7 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
     # Three heartbeats per lease, so one slow heartbeat never lets a live job's lease lapse.
     # model_cache: the folder the server's evaluator uses too (server.app), so a base model is
     # materialised once per data directory.
-    return WorkerConfig(jobs_dir=settings.data_dir / "jobs", dsn=dsn, lease=lease,
+    return WorkerConfig(jobs_dir=settings.jobs_dir, dsn=dsn, lease=lease,
                         heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
                         model_cache=settings.data_dir / "model-cache")
 
