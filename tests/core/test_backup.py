@@ -1,0 +1,180 @@
+"""`trainforge backup` / `trainforge restore` with real PostgreSQL clusters and pg_dump/pg_restore:
+a registry with several models, versions, shared blobs, aliases and metrics is backed up from
+DATABASE_URL, restored into a new data directory (a fresh embedded cluster), where every version
+verifies and loads the same, then backed up again from that embedded cluster, alone and while a
+server holds it. A tampered or missing blob fails the backup loudly and writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from trainforge.core.backup import archive
+from trainforge.core.db import migrate
+from trainforge.core.db.embedded import EmbeddedPostgres
+from trainforge.core.db.pool import open_pool
+from trainforge.core.registry.artifacts import ArtifactStore
+from trainforge.core.registry.models import NewVersion
+from trainforge.core.registry.store import RegistryStore
+from trainforge.core.settings import load_settings
+from trainforge.server.cli import app
+from trainforge.server.service import embedded_cluster_lock, embedded_postgres_dir
+
+pytestmark = pytest.mark.postgres
+runner = CliRunner()
+
+
+def cli(*args: str, expect: int = 0) -> str:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "250", "DATABASE_URL": ""})
+    assert result.exit_code == expect, f"exit {result.exit_code}: {result.output}{result.exception!r}"
+    assert "Traceback" not in result.output
+    return result.output
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    # /tmp and 0711: the restored embedded cluster runs as `postgres` when the suite runs as root.
+    path = Path(tempfile.mkdtemp(prefix="tf-backup-test-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    for version_file in path.rglob("PG_VERSION"):
+        EmbeddedPostgres(version_file.parent).stop(mode="immediate")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _files(folder: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+async def _seed(dsn: str, artifacts: Path, work: Path) -> None:
+    pool = await open_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = RegistryStore(pool, ArtifactStore(artifacts), work)
+        shared = b"tokenizer shared by every version " * 100
+        for m in range(3):
+            for v in range(2):
+                folder = _files(work / f"m{m}v{v}", {
+                    "model.safetensors": bytes([m, v]) * 5000 + b"weights",
+                    "tokenizer.json": shared,
+                    f"extra/notes-{v}.txt": f"model {m} version {v}".encode()})
+                await store.register(NewVersion(name=f"model-{m}", version=f"1.{v}", description=f"m{m} v{v}",
+                                                performance_metrics={"accuracy": 0.5 + m / 10 + v / 100,
+                                                                     "eval_loss": 2.0 - v},
+                                                tags=("backup-test",)), artifacts_dir=folder)
+        await store.register(NewVersion(name="model-0", version="no-files"))  # a version without artifacts
+        await store.set_alias("model-0", "production", "1.0")
+        await store.set_alias("model-1", "staging", "1.1")
+    finally:
+        await pool.close()
+
+
+async def _snapshot(dsn: str, artifacts: Path, cache: Path) -> dict:
+    """Every model's aliases and every version's metrics, digest and verification; loads each."""
+    pool = await open_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = RegistryStore(pool, ArtifactStore(artifacts), cache)
+        out = {}
+        for model in (await store.list_models(100, "")).items:
+            versions = {}
+            for version in (await store.list_versions(model.name, 100, "")).items:
+                check = await store.verify(model.name, version.version)
+                loaded = None
+                if version.artifact_count:
+                    folder = await store.materialize(model.name, version.version, cache)
+                    loaded = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+                versions[version.version] = (version.performance_metrics, version.manifest_digest,
+                                             version.artifact_count, check.ok, loaded)
+            out[model.name] = (dict(model.aliases), versions)
+        return out
+    finally:
+        await pool.close()
+
+
+def test_backup_restore_round_trip_and_backups_of_the_embedded_cluster(base, postgres_cluster):
+    source_dsn = postgres_cluster.new_database("backup_source")
+    migrate.upgrade(source_dsn)
+    source_dir = base / "source"
+    asyncio.run(_seed(source_dsn, source_dir / "artifacts", base / "work"))
+    before = asyncio.run(_snapshot(source_dsn, source_dir / "artifacts", base / "cache-a"))
+    assert len(before) == 3 and sum(len(vs) for _, vs in before.values()) == 7
+    assert all(ok for _, vs in before.values() for _, _, count, ok, _ in vs.values() if count)
+
+    out = cli("backup", "--data-dir", str(source_dir), "--database-url", source_dsn, "--output", str(base / "b1"))
+    assert "13 blobs" in out, out  # 6 weight files, 6 notes and the one tokenizer all versions share
+    manifest = json.loads((base / "b1" / "manifest.json").read_text())
+    assert manifest["format"] == "trainforge-backup/1" and manifest["schema_revision"] == migrate.head_revision()
+    assert manifest["postgresql_version"] and manifest["trainforge_version"] and manifest["created_time"]
+    shas = {b["sha256"] for b in manifest["blobs"]}
+    assert manifest["blob_count"] == len(shas)
+    assert manifest["blob_bytes"] == sum(b["size_bytes"] for b in manifest["blobs"])
+    stored = {p.parent.name + p.name for p in (source_dir / "artifacts" / "sha256").rglob("*") if p.is_file()}
+    assert shas == stored
+    # Only referenced blobs: an orphan in the store is not carried.
+    orphan = ArtifactStore(source_dir / "artifacts").put_file(_files(base / "orphan", {"x": b"orphan"}) / "x")[0]
+    out = cli("backup", "--data-dir", str(source_dir), "--database-url", source_dsn, "--output", str(base / "b2"))
+    assert orphan not in {b["sha256"] for b in json.loads((base / "b2" / "manifest.json").read_text())["blobs"]}
+
+    # Restore into a new data directory: a fresh embedded cluster.
+    target = base / "restored"
+    out = cli("restore", "--data-dir", str(target), "--input", str(base / "b1"))
+    assert "restored" in out and f"{manifest['blob_count']} blobs" in out, out
+    settings = load_settings(env={}, data_dir=str(target))
+    with EmbeddedPostgres(embedded_postgres_dir(settings)) as cluster:
+        after = asyncio.run(_snapshot(cluster.dsn, settings.artifacts_dir, base / "cache-b"))
+    assert after == before
+
+    # Backed up again, from the embedded cluster nobody runs (the command starts it), then while a
+    # server holds the data directory (the command shares its cluster).
+    cli("backup", "--data-dir", str(target), "--output", str(base / "b3"))
+    with embedded_cluster_lock(settings), EmbeddedPostgres(embedded_postgres_dir(settings)):
+        cli("backup", "--data-dir", str(target), "--output", str(base / "b4"))
+    for name in ("b3", "b4"):
+        again = json.loads((base / name / "manifest.json").read_text())
+        assert again["blobs"] == manifest["blobs"]
+
+    # A non-empty data directory is refused, and so is a backup path that exists.
+    refused = cli("restore", "--data-dir", str(target), "--input", str(base / "b1"), expect=1)
+    assert "not empty" in refused
+    assert "already exists" in cli("backup", "--data-dir", str(target), "--output", str(base / "b3"), expect=1)
+
+
+def test_a_tampered_or_missing_blob_fails_the_backup_and_writes_nothing(base, postgres_cluster):
+    dsn = postgres_cluster.new_database("backup_tampered")
+    migrate.upgrade(dsn)
+    source_dir = base / "source"
+    asyncio.run(_seed(dsn, source_dir / "artifacts", base / "work"))
+    blobs = sorted(p for p in (source_dir / "artifacts" / "sha256").rglob("*") if p.is_file())
+    victim = max(blobs, key=lambda p: p.stat().st_size)
+    original = victim.read_bytes()
+    victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit
+
+    out = cli("backup", "--data-dir", str(source_dir), "--database-url", dsn, "--output", str(base / "bad"), expect=1)
+    assert "does not match its sha256" in out and "model-" in out, out
+    assert not (base / "bad").exists() and not list(base.glob("bad.partial-*"))
+
+    victim.unlink()
+    out = cli("backup", "--data-dir", str(source_dir), "--database-url", dsn, "--output", str(base / "bad"), expect=1)
+    assert "is missing from the artifact store" in out and "model-" in out, out
+    assert not (base / "bad").exists()
+
+    victim.write_bytes(original)
+    cli("backup", "--data-dir", str(source_dir), "--database-url", dsn, "--output", str(base / "good"))
+    # A blob damaged inside the backup is refused by restore, which leaves the target empty.
+    manifest = json.loads((base / "good" / "manifest.json").read_text())
+    sha = manifest["blobs"][0]["sha256"]
+    inside = archive.blob_path(base / "good" / "blobs", sha)
+    inside.write_bytes(b"not the blob")
+    target = base / "restored"
+    out = cli("restore", "--data-dir", str(target), "--input", str(base / "good"), expect=1)
+    assert "does not match its sha256" in out, out
+    assert not target.exists() or not any(target.iterdir())
