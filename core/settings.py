@@ -58,6 +58,13 @@ class Settings(BaseModel):
     job_lease_seconds: float = Field(30.0, gt=0)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
+    # Backups `serve` takes on its own (pg_dump plus referenced artifacts, trainforge.core.backup):
+    # every this many hours; 0 switches them off.
+    backup_interval_hours: float = Field(0.0, ge=0.0, le=24 * 366)
+    # Where they are written; a relative path is under data_dir.
+    backup_dir: Path = Path("backups")
+    # How many to keep: after each backup the older ones are deleted.
+    backup_keep: int = Field(7, ge=1, le=100_000)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -96,6 +103,10 @@ class Settings(BaseModel):
     @property
     def artifacts_dir(self) -> Path:
         return self.resolve(self.artifacts_root)
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.resolve(self.backup_dir)
 
     @property
     def jobs_dir(self) -> Path:

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -116,8 +117,10 @@ def file_sha256(path: Path) -> str:
 
 # -- writing --------------------------------------------------------------------------------------
 
-def write_backup(dsn: str, artifacts_root: Path, output: Path) -> BackupResult:
-    """Writes a backup folder at `output` (which must not exist). See the module docstring."""
+def write_backup(dsn: str, artifacts_root: Path, output: Path, *,
+                 cancelled: threading.Event | None = None) -> BackupResult:
+    """Writes a backup folder at `output` (which must not exist). See the module docstring.
+    `cancelled`, once set, abandons the backup at the next blob (Aborted; nothing is left)."""
     output = Path(output)
     if output.exists():
         raise FailedPrecondition(f"{output} already exists; back up to a new path", reason="BACKUP_EXISTS",
@@ -128,7 +131,7 @@ def write_backup(dsn: str, artifacts_root: Path, output: Path) -> BackupResult:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            manifest = _write_into(staging, dsn, Path(artifacts_root))
+            manifest = _write_into(staging, dsn, Path(artifacts_root), cancelled or threading.Event())
             os.replace(staging, output)
             return BackupResult(output, manifest)
         except _BlobDeletedMeanwhile as exc:
@@ -139,7 +142,7 @@ def write_backup(dsn: str, artifacts_root: Path, output: Path) -> BackupResult:
                   "snapshots in a row); run it again", reason="BACKUP_RACED")
 
 
-def _write_into(staging: Path, dsn: str, artifacts_root: Path) -> dict[str, Any]:
+def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: threading.Event) -> dict[str, Any]:
     started = time.monotonic()
     with psycopg.connect(dsn, connect_timeout=30) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -158,6 +161,8 @@ def _write_into(staging: Path, dsn: str, artifacts_root: Path) -> dict[str, Any]
 
     entries = []
     for sha, size in blobs:
+        if cancelled.is_set():
+            raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
         source = blob_path(artifacts_root, sha)
         if not source.is_file():
             _missing(dsn, sha, source)
