@@ -12,11 +12,13 @@ references out of the finished dump instead would need a restore or a parse of t
 exported snapshot gives the same guarantee for one extra query. Blobs are immutable and named by
 their content, so a blob that hashes to its name is the bytes the snapshot refers to, whenever it
 is copied. What the snapshot cannot hold still is garbage collection: a version deleted after the
-snapshot may have its blobs unlinked before they are copied. That case (the blob is gone and no
-row references it any more) restarts the backup with a new snapshot, up to three times; a blob
-that is missing or corrupt while still referenced is data loss and fails the backup loudly,
-naming the versions that hold it, without writing anything. Each blob is hashed while it is
-copied, so a backup never carries a bad blob.
+snapshot may have its blobs unlinked before they are copied. Right after reading the list the
+backup hard-links every listed blob under artifacts/tmp (`_pin`), so from then on an unlink by
+GC cannot take the bytes away; only a delete in the few milliseconds before the links exist can
+(the blob is then gone and no row references it any more), and that restarts the backup with a
+new snapshot, up to five times. A blob that is missing or corrupt while still referenced is data
+loss and fails the backup loudly, naming the versions that hold it, without writing anything.
+Each blob is hashed while it is copied, so a backup never carries a bad blob.
 
 The folder is written as `<name>.partial-<pid>` beside the target and renamed once complete.
 Restore checks the dump's digest, copies each blob into the artifact store and verifies it again,
@@ -50,7 +52,7 @@ FORMAT = "trainforge-backup/1"
 MANIFEST = "manifest.json"
 DUMP = "database.dump"
 BLOBS = "blobs"
-SNAPSHOT_ATTEMPTS = 3
+SNAPSHOT_ATTEMPTS = 5
 DUMP_TIMEOUT_S = 6 * 3600.0  # a registry database is mostly small rows; hours means something is stuck
 
 
@@ -144,37 +146,39 @@ def write_backup(dsn: str, artifacts_root: Path, output: Path, *,
 
 def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: threading.Event) -> dict[str, Any]:
     started = time.monotonic()
-    with psycopg.connect(dsn, connect_timeout=30) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        # The first statement starts the transaction; everything below reads its snapshot.
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        server_version, server_num = conn.execute(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int").fetchone()
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        blobs = conn.execute("SELECT sha256, max(size_bytes) AS size FROM artifacts GROUP BY sha256 "
-                             "ORDER BY sha256").fetchall()
-        pg_dump = client_tool("pg_dump", server_num // 10000)
-        run_tool([str(pg_dump), "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
-                  f"--file={staging / DUMP}"], dsn, timeout=DUMP_TIMEOUT_S, reason="PG_DUMP_FAILED")
-        conn.rollback()  # pg_dump holds the snapshot from its start; ours was only needed until then
+    pins = artifacts_root / "tmp" / f"backup-pins-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with psycopg.connect(dsn, connect_timeout=30) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            # The first statement starts the transaction; everything below reads its snapshot.
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            server_version, server_num = conn.execute(
+                "SELECT current_setting('server_version'), current_setting('server_version_num')::int").fetchone()
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            blobs = conn.execute("SELECT sha256, max(size_bytes) AS size FROM artifacts GROUP BY sha256 "
+                                 "ORDER BY sha256").fetchall()
+            sources = _pin(dsn, artifacts_root, pins, [sha for sha, _ in blobs])
+            pg_dump = client_tool("pg_dump", server_num // 10000)
+            run_tool([str(pg_dump), "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
+                      f"--file={staging / DUMP}"], dsn, timeout=DUMP_TIMEOUT_S, reason="PG_DUMP_FAILED")
+            conn.rollback()  # pg_dump holds the snapshot from its start; ours was only needed until then
 
-    entries = []
-    for sha, size in blobs:
-        if cancelled.is_set():
-            raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
-        source = blob_path(artifacts_root, sha)
-        if not source.is_file():
-            _missing(dsn, sha, source)
-        try:
-            copy_verified(source, blob_path(staging / BLOBS, sha), sha, size)
-        except FileNotFoundError:
-            _missing(dsn, sha, source)
-        except DataLoss as exc:
-            raise DataLoss(f"{exc.message}; it belongs to {_holders(dsn, sha)}. The artifact store is damaged: "
-                           "the backup was not written (restore these versions from an older backup, or re-register "
-                           "them)", reason="BLOB_CORRUPT", metadata=exc.metadata) from None
-        entries.append({"sha256": sha, "size_bytes": int(size)})
+        entries = []
+        for sha, size in blobs:
+            if cancelled.is_set():
+                raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
+            try:
+                copy_verified(sources[sha], blob_path(staging / BLOBS, sha), sha, size)
+            except FileNotFoundError:
+                _missing(dsn, sha, sources[sha])
+            except DataLoss as exc:
+                raise DataLoss(f"{exc.message}; it belongs to {_holders(dsn, sha)}. The artifact store is damaged: "
+                               "the backup was not written (restore these versions from an older backup, or "
+                               "re-register them)", reason="BLOB_CORRUPT", metadata=exc.metadata) from None
+            entries.append({"sha256": sha, "size_bytes": int(size)})
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
 
     manifest = {
         "format": FORMAT,
@@ -194,6 +198,26 @@ def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: thread
         fh.flush()
         os.fsync(fh.fileno())
     return manifest
+
+
+def _pin(dsn: str, artifacts_root: Path, pins: Path, shas: list[str]) -> dict[str, Path]:
+    """Hard links to the snapshot's blobs, made right after the snapshot and kept until they are
+    copied: garbage collection unlinks a blob's name, and a second name keeps its bytes. This
+    narrows the race with a concurrent delete from the whole dump and copy (seconds to hours) to
+    the milliseconds between the snapshot and the links. Where a link cannot be made (another
+    file system under artifacts/tmp) the blob is read from the store itself."""
+    pins.mkdir(parents=True, exist_ok=True)
+    sources: dict[str, Path] = {}
+    for sha in shas:
+        source, pin = blob_path(artifacts_root, sha), pins / sha
+        try:
+            os.link(source, pin)
+            sources[sha] = pin
+        except FileNotFoundError:
+            _missing(dsn, sha, source)
+        except OSError:
+            sources[sha] = source
+    return sources
 
 
 def _holders(dsn: str, sha: str) -> str:
