@@ -81,6 +81,9 @@ class PostgresReporter:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, step) DO UPDATE SET path = EXCLUDED.path, "
                 "size_bytes = EXCLUDED.size_bytes, metrics = EXCLUDED.metrics, is_best = EXCLUDED.is_best",
                 (self.job_id, step, epoch, str(path), size, Jsonb(clean), is_best))
+            if is_best:  # one best checkpoint: the one at the best evaluation so far
+                self.conn.execute("UPDATE job_checkpoints SET is_best = false WHERE job_id = %s AND step <> %s "
+                                  "AND is_best", (self.job_id, step))
             self._update("last_checkpoint = %s", (str(path),))
         self._event(m.CHECKPOINT, f"checkpoint at step {step}", metrics=clean)
 
