@@ -280,3 +280,20 @@ def test_backups_taken_while_versions_come_and_go_are_consistent(base, postgres_
         assert referenced == set(listed), n
         for sha in referenced:
             assert archive.file_sha256(archive.blob_path(result.path / "blobs", sha)) == sha
+
+
+def test_restore_into_an_empty_database_url_and_never_over_a_used_one(base, postgres_cluster):
+    source = postgres_cluster.new_database("backup_url_source")
+    migrate.upgrade(source)
+    asyncio.run(_seed(source, base / "source" / "artifacts", base / "work"))
+    cli("backup", "--data-dir", str(base / "source"), "--database-url", source, "--output", str(base / "b"))
+    before = asyncio.run(_snapshot(source, base / "source" / "artifacts", base / "cache-a"))
+
+    refused = cli("restore", "--data-dir", str(base / "other"), "--database-url", source, "--input", str(base / "b"),
+                  expect=1)
+    assert "already holds" in refused and "restore into an empty one" in refused
+    assert not (base / "other").exists() or not any((base / "other").rglob("*"))
+
+    target = postgres_cluster.new_database("backup_url_target")
+    cli("restore", "--data-dir", str(base / "new"), "--database-url", target, "--input", str(base / "b"))
+    assert asyncio.run(_snapshot(target, base / "new" / "artifacts", base / "cache-b")) == before
