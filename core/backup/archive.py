@@ -169,9 +169,9 @@ def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: thread
             if cancelled.is_set():
                 raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
             try:
-                copy_verified(sources[sha], blob_path(staging / BLOBS, sha), sha, size)
+                _copy_pinned(sources[sha], blob_path(artifacts_root, sha), blob_path(staging / BLOBS, sha), sha, size)
             except FileNotFoundError:
-                _missing(dsn, sha, sources[sha])
+                _missing(dsn, sha, blob_path(artifacts_root, sha))
             except DataLoss as exc:
                 raise DataLoss(f"{exc.message}; it belongs to {_holders(dsn, sha)}. The artifact store is damaged: "
                                "the backup was not written (restore these versions from an older backup, or "
@@ -218,6 +218,16 @@ def _pin(dsn: str, artifacts_root: Path, pins: Path, shas: list[str]) -> dict[st
         except OSError:
             sources[sha] = source
     return sources
+
+
+def _copy_pinned(pin: Path, stored: Path, target: Path, sha: str, size: int) -> None:
+    """From the pin, else (someone cleaned artifacts/tmp meanwhile) from the store itself."""
+    try:
+        copy_verified(pin, target, sha, size)
+    except FileNotFoundError:
+        if pin == stored:
+            raise
+        copy_verified(stored, target, sha, size)
 
 
 def _holders(dsn: str, sha: str) -> str:
