@@ -12,13 +12,17 @@ references out of the finished dump instead would need a restore or a parse of t
 exported snapshot gives the same guarantee for one extra query. Blobs are immutable and named by
 their content, so a blob that hashes to its name is the bytes the snapshot refers to, whenever it
 is copied. What the snapshot cannot hold still is garbage collection: a version deleted after the
-snapshot may have its blobs unlinked before they are copied. Right after reading the list the
-backup hard-links every listed blob under artifacts/tmp (`_pin`), so from then on an unlink by
-GC cannot take the bytes away; only a delete in the few milliseconds before the links exist can
-(the blob is then gone and no row references it any more), and that restarts the backup with a
-new snapshot, up to five times. A blob that is missing or corrupt while still referenced is data
-loss and fails the backup loudly, naming the versions that hold it, without writing anything.
-Each blob is hashed while it is copied, so a backup never carries a bad blob.
+snapshot may have its blobs unlinked before they are copied. So before the snapshot the backup
+takes the blob folders' advisory locks shared (collectors take them exclusive while they re-read
+references and unlink: RegistryStore._collect_garbage), which waits for running collectors and
+holds off new ones; then it reads the list, hard-links every listed blob under artifacts/tmp
+(`_pin`: an unlink by GC removes a name, the second name keeps the bytes) and releases the locks.
+Collectors wait only for those milliseconds, never for the dump or the copy; registrations take
+the locks shared too and never wait. Should a listed blob still be gone with no row referencing it
+(a collector that bypasses the locks), the backup restarts with a new snapshot, up to five times.
+A blob that is missing or corrupt while still referenced is data loss and fails the backup loudly,
+naming the versions that hold it, without writing anything. Each blob is hashed while it is
+copied, so a backup never carries a bad blob.
 
 The folder is written as `<name>.partial-<pid>` beside the target and renamed once complete.
 Restore checks the dump's digest, copies each blob into the artifact store and verifies it again,
@@ -45,6 +49,7 @@ import psycopg
 from trainforge.core.backup.postgres_tools import client_tool, run_tool
 from trainforge.core.errors import Aborted, DataLoss, FailedPrecondition
 from trainforge.core.registry.artifacts import CHUNK
+from trainforge.core.registry.store import BLOB_LOCK_SPACE
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +153,17 @@ def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: thread
     started = time.monotonic()
     pins = artifacts_root / "tmp" / f"backup-pins-{os.getpid()}-{threading.get_ident()}"
     try:
-        with psycopg.connect(dsn, connect_timeout=30) as conn:
+        with psycopg.connect(dsn, connect_timeout=30) as guard, psycopg.connect(dsn, connect_timeout=30) as conn:
+            # Blob collectors hold their folder's lock exclusively while they re-read references and
+            # unlink (RegistryStore._collect_garbage); shared locks on all 256 folders wait for the
+            # running ones and hold off new ones until the listed blobs are pinned below.
+            guard.execute("SELECT pg_advisory_xact_lock_shared(%s, k) FROM generate_series(0, 255) AS k",
+                          (BLOB_LOCK_SPACE,))
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-            # The first statement starts the transaction; everything below reads its snapshot.
+            # The first statement starts the transaction; everything below reads its snapshot, taken
+            # after the locks (on another connection: a REPEATABLE READ snapshot is taken when the
+            # first statement starts, before any lock it then waits for).
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             server_version, server_num = conn.execute(
                 "SELECT current_setting('server_version'), current_setting('server_version_num')::int").fetchone()
@@ -159,24 +171,15 @@ def _write_into(staging: Path, dsn: str, artifacts_root: Path, cancelled: thread
             blobs = conn.execute("SELECT sha256, max(size_bytes) AS size FROM artifacts GROUP BY sha256 "
                                  "ORDER BY sha256").fetchall()
             sources = _pin(dsn, artifacts_root, pins, [sha for sha, _ in blobs])
+            if all(sources[sha] != blob_path(artifacts_root, sha) for sha, _ in blobs):
+                guard.rollback()  # collectors may run again: the pins keep the listed bytes
+            # else some could not be linked: the locks stay until they are copied
             pg_dump = client_tool("pg_dump", server_num // 10000)
             run_tool([str(pg_dump), "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
                       f"--file={staging / DUMP}"], dsn, timeout=DUMP_TIMEOUT_S, reason="PG_DUMP_FAILED")
             conn.rollback()  # pg_dump holds the snapshot from its start; ours was only needed until then
-
-        entries = []
-        for sha, size in blobs:
-            if cancelled.is_set():
-                raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
-            try:
-                _copy_pinned(sources[sha], blob_path(artifacts_root, sha), blob_path(staging / BLOBS, sha), sha, size)
-            except FileNotFoundError:
-                _missing(dsn, sha, blob_path(artifacts_root, sha))
-            except DataLoss as exc:
-                raise DataLoss(f"{exc.message}; it belongs to {_holders(dsn, sha)}. The artifact store is damaged: "
-                               "the backup was not written (restore these versions from an older backup, or "
-                               "re-register them)", reason="BLOB_CORRUPT", metadata=exc.metadata) from None
-            entries.append({"sha256": sha, "size_bytes": int(size)})
+            entries = [_copy_blob(dsn, artifacts_root, staging, sources[sha], sha, size, cancelled)
+                       for sha, size in blobs]
     finally:
         shutil.rmtree(pins, ignore_errors=True)
 
@@ -220,14 +223,27 @@ def _pin(dsn: str, artifacts_root: Path, pins: Path, shas: list[str]) -> dict[st
     return sources
 
 
-def _copy_pinned(pin: Path, stored: Path, target: Path, sha: str, size: int) -> None:
-    """From the pin, else (someone cleaned artifacts/tmp meanwhile) from the store itself."""
+def _copy_blob(dsn: str, artifacts_root: Path, staging: Path, pin: Path, sha: str, size: int,
+               cancelled: threading.Event) -> dict[str, Any]:
+    """One blob into the backup, verified, from its pin (else, if someone cleaned artifacts/tmp
+    meanwhile, from the store itself); its manifest entry."""
+    if cancelled.is_set():
+        raise Aborted("the backup was abandoned: the server is stopping", reason="BACKUP_CANCELLED")
+    stored, target = blob_path(artifacts_root, sha), blob_path(staging / BLOBS, sha)
     try:
-        copy_verified(pin, target, sha, size)
+        try:
+            copy_verified(pin, target, sha, size)
+        except FileNotFoundError:
+            if pin == stored:
+                raise
+            copy_verified(stored, target, sha, size)
     except FileNotFoundError:
-        if pin == stored:
-            raise
-        copy_verified(stored, target, sha, size)
+        _missing(dsn, sha, stored)
+    except DataLoss as exc:
+        raise DataLoss(f"{exc.message}; it belongs to {_holders(dsn, sha)}. The artifact store is damaged: the "
+                       "backup was not written (restore these versions from an older backup, or re-register them)",
+                       reason="BLOB_CORRUPT", metadata=exc.metadata) from None
+    return {"sha256": sha, "size_bytes": int(size)}
 
 
 def _holders(dsn: str, sha: str) -> str:
