@@ -1,5 +1,5 @@
 """TrainingService: jobs (create, list, get, start, cancel, pause, resume, watch, events,
-checkpoints), evaluation, statistics and system health. Synthetic data answers UNIMPLEMENTED,
+checkpoints, deleting an ended job's files), evaluation, statistics and system health. Synthetic data answers UNIMPLEMENTED,
 naming the capability, until it lands."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from trainforge.core.errors import Unimplemented
 from trainforge.core.jobs import models as jm
+from trainforge.core.jobs.job_files import JobFiles
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker_heartbeats import WorkerDirectory
@@ -34,8 +35,9 @@ def _version() -> str:
 
 class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, registry: RegistryStore, jobs: JobStore, broker: JobEventBroker, preparer: JobSpecPreparer,
-                 evaluator=None, started: float | None = None):
+                 evaluator=None, started: float | None = None, job_files: JobFiles | None = None):
         self.registry, self.jobs, self.broker, self.preparer = registry, jobs, broker, preparer
+        self.job_files = job_files
         self.evaluator = evaluator
         self.workers = WorkerDirectory(jobs.pool)
         self.started = started or time.monotonic()
@@ -105,6 +107,13 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         page = await self.jobs.checkpoints(request.job_id, request.page_size, request.page_token)
         return pb.ListJobCheckpointsResponse(data=[convert.checkpoint(c) for c in page.items],
                                              next_page_token=page.next_page_token)
+
+    async def DeleteJobFiles(self, request: pb.DeleteJobFilesRequest, context) -> pb.DeleteJobFilesResponse:
+        if self.job_files is None:
+            raise Unimplemented("deleting job files (DeleteJobFiles)")
+        caller = current_principal()
+        job, freed = await self.job_files.delete(request.job_id, None if caller.role == "admin" else caller.key_id)
+        return pb.DeleteJobFilesResponse(data=convert.job(job), bytes_freed=freed)
 
     # -- data, evaluation, statistics, health ------------------------------------------------
     async def GenerateSyntheticData(self, request, context):

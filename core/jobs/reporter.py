@@ -88,8 +88,21 @@ class PostgresReporter:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, step) DO UPDATE SET path = EXCLUDED.path, "
                 "size_bytes = EXCLUDED.size_bytes, metrics = EXCLUDED.metrics, is_best = EXCLUDED.is_best",
                 (self.job_id, step, epoch, str(path), size, Jsonb(clean), is_best))
+            if is_best:  # one best checkpoint: the one at the best evaluation so far
+                self.conn.execute("UPDATE job_checkpoints SET is_best = false WHERE job_id = %s AND step <> %s "
+                                  "AND is_best", (self.job_id, step))
             self._update("last_checkpoint = %s", (str(path),))
         self._event(m.CHECKPOINT, f"checkpoint at step {step}", metrics=clean)
+
+    def checkpoints_removed(self, steps: list[int]) -> None:
+        """Drops the rows of checkpoints whose folders retention is about to delete, fenced by the
+        attempt like every write: a process that lost its lease deletes neither rows nor folders."""
+        with self.conn.transaction():
+            row = self.conn.execute("SELECT attempt FROM jobs WHERE id = %s FOR UPDATE", (self.job_id,)).fetchone()
+            if row is None or row[0] != self.attempt:
+                raise LeaseLost(f"job {self.job_id} attempt {self.attempt} no longer owns the job")
+            self.conn.execute("DELETE FROM job_checkpoints WHERE job_id = %s AND step = ANY(%s)",
+                              (self.job_id, list(steps)))
 
     def log(self, message: str) -> None:
         self._event(m.LOG, message[:4000])

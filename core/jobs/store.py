@@ -48,6 +48,9 @@ def _job(row: dict[str, Any]) -> m.Job:
         create_time=row["create_time"], start_time=row["start_time"], end_time=row["end_time"])
 
 
+job_from_row = _job  # for the modules beside this store that lock and read job rows themselves
+
+
 def _event(row: dict[str, Any]) -> m.JobEvent:
     return m.JobEvent(str(row["job_id"]), row["seq"], row["type"], row["state"], row["message"],
                       row["progress"], row["metrics"], row["create_time"])
