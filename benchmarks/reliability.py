@@ -65,6 +65,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -377,13 +378,17 @@ class ServeStack:
                                          start_new_session=True)
         started = time.monotonic()
 
+        # Ready = this process printed its ready panel (after its own Envoy is up) and the gateway
+        # answers. The health call alone is not enough: an Envoy orphaned by a killed serve still
+        # listens on the port and forwards to whichever server now holds the gRPC port.
         def ready() -> bool:
             if self.proc.poll() is not None:
                 return True
-            return Rest(self.http_port).call("GET", "/api/training/health", timeout=2)[0] == 200
+            return "trainforge is running" in log_file.read_text(errors="replace") and \
+                Rest(self.http_port).call("GET", "/api/training/health", timeout=2)[0] == 200
 
         wait_for(ready, timeout, interval=0.2)
-        up = self.proc.poll() is None and Rest(self.http_port).call("GET", "/api/training/health", timeout=5)[0] == 200
+        up = self.proc.poll() is None and "trainforge is running" in log_file.read_text(errors="replace")
         return (round(time.monotonic() - started, 2) if up else None), log_file.read_text(errors="replace")[-1500:]
 
     def kill9(self) -> None:
@@ -543,19 +548,20 @@ class Watcher(threading.Thread):
                 if response.status != 200:
                     self.errors.append(f"{response.status} {response.read()[:200]!r}")
                 else:
+                    last_status, broken = "", False
                     for line in response:
                         if not line.strip():
                             continue
                         item = json.loads(line)
                         if "data" not in item:  # an error object ends a broken stream
                             self.errors.append(json.dumps(item)[:300])
+                            broken = True
                             break
-                        event = item["data"]
-                        self.seen.append(int(event["sequence"]))
-                        if event["type"] == "JOB_EVENT_TYPE_STATE_CHANGED" and event["status"].removeprefix(
-                                "JOB_STATE_") in TERMINAL:
-                            self.done.set()
-                            return
+                        self.seen.append(int(item["data"]["sequence"]))
+                        last_status = item["data"].get("status", "").removeprefix("JOB_STATE_")
+                    if not broken and last_status in TERMINAL:  # the server ends the stream when the job ends
+                        self.done.set()
+                        return
                 conn.close()
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -867,8 +873,9 @@ def run(options: Options) -> dict:
                     elif name == "schemathesis":
                         metrics[name] = run_schemathesis(cluster, base, tiny_model, options)
                 except Exception as exc:  # noqa: BLE001 - one scenario's crash is its result; the others still run
-                    metrics[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                    log(f"{name} crashed: {exc!r}")
+                    metrics[name] = {"error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc()[-1500:]}
+                    log(f"{name} crashed: {traceback.format_exc()}")
                 timings[name] = round(time.monotonic() - t0, 1)
     finally:
         if not options.keep:
