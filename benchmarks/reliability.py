@@ -37,8 +37,9 @@ What the crash trials check, per job (check_job below):
   RUNNING). Let c be the newest checkpoint recorded before the second claim (job_checkpoints rows
   created before it). The first PROGRESS event after that claim is step c + 1 (the training
   process reports its first step always, later ones at most once a second): it resumed from the
-  checkpoint, not from step 0 and not past it. PROGRESS steps of each attempt increase and the
-  last one is max_steps.
+  checkpoint, not from step 0 and not past it (c = 0 when the kill came before the first
+  checkpoint; when c = max_steps nothing is left to train and no PROGRESS may follow). PROGRESS
+  steps of each attempt increase and the last one is max_steps.
 - nothing run twice: no step <= c is reported after the second claim, no event of the killed
   attempt is written after it (events are fenced by the attempt: the first attempt's PROGRESS
   steps all precede the claim's sequence number), and the work redone -- steps in (c, last step
@@ -244,7 +245,12 @@ def check_job(dsn: str, job_id: str, options: Options, killed_at=None) -> dict:
             result["takeover_s"] = round((second["create_time"] - killed_at).total_seconds(), 2)
             result["recovery_s"] = round((first_after["create_time"] - killed_at).total_seconds(), 2) \
                 if first_after else None
-        if not after or after[0] != resumed + 1:
+        if resumed >= options.max_steps:
+            # Killed after the last step's checkpoint: the new attempt has nothing left to train
+            # (no PROGRESS) and only registers the model.
+            if after:
+                problems.append(f"steps trained after the final checkpoint: {after}")
+        elif not after or after[0] != resumed + 1:
             problems.append(f"not continuous: resumed checkpoint {resumed}, first step after {after[:1]}")
         if after and (after != sorted(after) or after[-1] != options.max_steps):
             problems.append(f"steps after the takeover not increasing to {options.max_steps}: {after}")
@@ -506,8 +512,11 @@ def serve_kill(base: Path, tiny_model: Path, options: Options, rng: random.Rando
         stop_embedded(data_dir)
     summary = summarize_trials(trials)
     summary["first_start_s"] = first_ready
-    summary["restart_ready_s_max"] = max((t["restart_ready_s"] or 0 for t in trials if "restart_ready_s" in t),
-                                         default=None)
+    ready = [t["restart_ready_s"] for t in trials if t.get("restart_ready_s") is not None]
+    after_cleanup = [t["restart_ready_after_manual_cleanup_s"] for t in trials
+                     if t.get("restart_ready_after_manual_cleanup_s") is not None]
+    summary["restart_ready_s_max"] = max(ready, default=None)
+    summary["restart_ready_after_manual_cleanup_s_max"] = max(after_cleanup, default=None)
     summary["restarts_needing_manual_cleanup"] = sum(1 for t in trials if t.get("restart_ready_s", 0) is None)
     return summary
 

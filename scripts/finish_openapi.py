@@ -15,6 +15,7 @@ the document — or a fuzzer such as schemathesis — sends requests that reach 
 - body "*" requests: the fields bound in the path are dropped from the body schema (the
   transcoder refuses a body that repeats them); every message is `additionalProperties: false`
   (the gateway refuses unknown body keys, docs/decisions.md "Unknown JSON body keys").
+- google.protobuf.Struct, Value and ListValue: their JSON forms (any object, any value, an array).
 - responses: errors are the `default` response (`Error`); WatchJob streams newline-delimited JSON
   (`application/x-ndjson`, which the gateway's Lua filter sets on its 200 answer).
 """
@@ -56,6 +57,15 @@ ERROR = {
                                    " reason (a string)."},
         "request_id": {"type": "string", "description": "The request's id (gateway replies only)."},
     },
+}
+# protoc-gen-swagger renders the JSON forms of Struct, Value and ListValue as objects with their
+# proto fields; on the wire (proto3 JSON) they are any JSON object, any JSON value and an array.
+WELL_KNOWN_JSON = {
+    "protobufStruct": {"type": "object", "additionalProperties": {},
+                       "description": "Any JSON object (google.protobuf.Struct)."},
+    "protobufValue": {"description": "Any JSON value (google.protobuf.Value)."},
+    "protobufListValue": {"type": "array", "items": {"$ref": "#/definitions/protobufValue"},
+                          "description": "A JSON array (google.protobuf.ListValue)."},
 }
 # "`a`, `b` or `c`." with an optional "Label: " or "one of " before it and "(note)" after a value.
 _VALUE = r"`([A-Za-z0-9_.-]+)`(?: \([^)]*\))?"
@@ -178,6 +188,7 @@ def main(target: str, *sources: str) -> None:
     doc["securityDefinitions"] = {"bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}}
     doc["security"] = [{"bearer": []}]
     doc["definitions"]["Error"] = ERROR
+    doc["definitions"].update(WELL_KNOWN_JSON)
     declare_messages(doc["definitions"])
     declare_operations(doc)
     Path(target).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
