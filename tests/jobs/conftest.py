@@ -62,7 +62,8 @@ class BackgroundWorker:
             registry = RegistryStore(pool, ArtifactStore(self.settings.artifacts_dir), self.settings.models_dir)
             config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
-                                  poll_seconds=0.2, model_cache=default_cache_dir())
+                                  poll_seconds=0.2, model_cache=default_cache_dir(),
+                                  data_root=self.settings.data_dir_root)
             await Worker(JobStore(pool), registry, config, worker_id="test-worker").run(self._stop)
         finally:
             await pool.close()
