@@ -75,6 +75,8 @@ class Settings(BaseModel):
     models_root: Path = Path("models")
     data_root: Path = Path("training-data")
     artifacts_root: Path = Path("artifacts")
+    # Files a job spec may name besides its data: `distributed.hostfile` is read from under here.
+    configs_root: Path = Path("configs")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     db_pool_min: int = Field(2, ge=1, le=64)
     db_pool_max: int = Field(16, ge=1, le=512)
@@ -91,6 +93,10 @@ class Settings(BaseModel):
     job_lease_seconds: float = Field(30.0, gt=0)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
+    # GPUs this process's workers hand out, one set per job (core.jobs.devices): "auto" reads
+    # CUDA_VISIBLE_DEVICES, else counts the GPUs through NVML; "none" runs every job on the CPU;
+    # or a list such as "0,1,2,3".
+    gpus: str = Field("auto", pattern=r"^(auto|none|[A-Za-z0-9:_-]+(,[A-Za-z0-9:_-]+)*)$")
     # TLS on the REST gateway's listener and the gRPC port: a PEM certificate chain and its key
     # (both or neither; relative paths are under data_dir). Empty: plaintext.
     tls_cert_file: str = Field("", validate_default=True)
@@ -215,8 +221,12 @@ class Settings(BaseModel):
     def artifacts_dir(self) -> Path:
         return self.resolve(self.artifacts_root)
 
+    @property
+    def configs_dir(self) -> Path:
+        return self.resolve(self.configs_root)
+
     def ensure_dirs(self) -> None:
-        for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir):
+        for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir, self.configs_dir):
             path.mkdir(parents=True, exist_ok=True)
 
 

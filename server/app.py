@@ -74,7 +74,7 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
     return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer,
                 jobs=JobStore(pool, max_active_per_key=settings.max_active_jobs_per_key), broker=broker,
                 preparer=JobSpecPreparer(settings.data_dir_root, settings.models_dir, settings.max_dataset_bytes,
-                                         registry))
+                                         registry, config_root=settings.configs_dir))
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

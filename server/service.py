@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,8 +30,10 @@ from trainforge.core.access.keys import KeyStore
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
 from trainforge.core.errors import FailedPrecondition, Unavailable
+from trainforge.core.jobs.devices import DeviceAllocator, visible_gpus
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
+from trainforge.core.jobs.worker_heartbeats import WorkerDirectory, WorkerHeartbeat
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings, is_loopback
 from trainforge.server.api_processes import ApiProcessPool, free_loopback_port
@@ -248,18 +250,29 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
 
 class WorkerGroup:
     """Training workers (trainforge.core.jobs.worker) as asyncio tasks of this process, sharing one
-    stop event. `serve` runs `settings.workers` of them next to the gRPC server; `trainforge
-    worker` runs them alone. A worker whose loop fails (the database went away) is restarted after
-    a pause rather than leaving the group a worker short."""
+    stop event and one GPU allocator (each job gets GPUs of its own). `serve` runs
+    `settings.workers` of them next to the gRPC server; `trainforge worker` runs them alone. A
+    worker whose loop fails (the database went away) is restarted after a pause rather than leaving
+    the group a worker short. The group heartbeats to the `workers` table, idle or busy, so health
+    can tell that someone serves the queue; it removes its row when it stops.
 
-    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int):
-        self.workers = [Worker(jobs, registry, config) for _ in range(count)]
+    `gpus`: the GPUs to hand out (settings.gpus through core.jobs.devices.visible_gpus); None finds
+    them (CUDA_VISIBLE_DEVICES, else NVML). `heartbeat`: False only for a group without a database."""
+
+    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int,
+                 gpus: Sequence[str] | None = None, *, heartbeat: bool = True):
+        self.devices = DeviceAllocator(visible_gpus() if gpus is None else gpus)
+        self.workers = [Worker(jobs, registry, config, devices=self.devices) for _ in range(count)]
+        self.heartbeat = WorkerHeartbeat(WorkerDirectory(jobs.pool), concurrency=count, gpus=self.devices.gpus,
+                                         worker_ids=[w.worker_id for w in self.workers]) if heartbeat else None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._supervise(w), name=f"trainforge-worker-{i}")
                        for i, w in enumerate(self.workers)]
+        if self.heartbeat is not None:
+            self._tasks.append(asyncio.create_task(self.heartbeat.run(self._stop), name="trainforge-worker-heartbeat"))
 
     async def _supervise(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -371,7 +384,7 @@ class Service:
 
             if settings.workers:
                 workers = WorkerGroup(JobStore(deps.pool), deps.registry, worker_config(settings, dsn),
-                                      settings.workers)
+                                      settings.workers, gpus=visible_gpus(settings.gpus))
                 workers.start()
                 stack.push_async_callback(workers.stop)
 

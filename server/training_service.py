@@ -14,6 +14,7 @@ from trainforge.core.errors import Unimplemented
 from trainforge.core.jobs import models as jm
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
+from trainforge.core.jobs.worker_heartbeats import WorkerDirectory
 from trainforge.core.registry.store import RegistryStore
 from trainforge.server import convert
 from trainforge.server.auth import current_principal
@@ -36,6 +37,7 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                  evaluator=None, started: float | None = None):
         self.registry, self.jobs, self.broker, self.preparer = registry, jobs, broker, preparer
         self.evaluator = evaluator
+        self.workers = WorkerDirectory(jobs.pool)
         self.started = started or time.monotonic()
         self.version = _version()
 
@@ -135,7 +137,22 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                                detail=f"{registry.artifact_bytes} bytes in {registry.version_count} versions"
                                if registry.artifact_store_ok else "artifact root is not writable"),
         ]
+        workers, workers_component = await self._workers_health()
+        components.append(workers_component)
         status = "ok" if all(c.status == "ok" for c in components) else "degraded"
         return pb.GetSystemHealthResponse(data=pb.SystemHealth(
             status=status, components=components, version=self.version,
-            uptime_seconds=time.monotonic() - self.started))
+            uptime_seconds=time.monotonic() - self.started, workers=workers))
+
+    async def _workers_health(self) -> tuple[pb.WorkersHealth | None, pb.ComponentHealth]:
+        """Live worker processes and the queue: degraded when jobs wait and nobody runs them."""
+        started = time.perf_counter()
+        try:
+            report = await self.workers.report()
+        except Exception:  # noqa: BLE001 - health reports the failure instead of raising it
+            return None, pb.ComponentHealth(name="workers", status="degraded",
+                                            detail="could not read the workers table",
+                                            latency_ms=(time.perf_counter() - started) * 1000)
+        return convert.workers_health(report), pb.ComponentHealth(
+            name="workers", status="degraded" if report.degraded else "ok", detail=report.detail(),
+            latency_ms=(time.perf_counter() - started) * 1000)

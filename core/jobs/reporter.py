@@ -11,6 +11,7 @@ between the server's COMMIT and its acknowledgement (a window of microseconds) c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,12 @@ CHECK_FLAGS_EVERY_SECONDS = 1.0
 # past it another worker owns the job and this process's next write is fenced off.
 RECONNECT_SECONDS = 60.0
 RECONNECT_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0)
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics that JSON can hold: a DeepSpeed ZeRO-0 step reports no gradient norm
+    (NaN in the recipe), and PostgreSQL's jsonb refuses NaN, which failed the whole job."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class LeaseLost(RuntimeError):
@@ -105,18 +112,18 @@ class PostgresReporter:
         progress = {"current_epoch": epoch, "total_epochs": total_epochs, "current_step": step,
                     "total_steps": total_steps, "percent": round(100.0 * step / total_steps, 2) if total_steps else 0.0,
                     "estimated_remaining": round(remaining_ms, 1)}
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         self._update("progress = %s, metrics = metrics || %s", (Jsonb(progress), Jsonb(clean)))
         self._event(m.PROGRESS, f"step {step}/{total_steps}", progress, clean)
 
     def evaluation(self, step: int, metrics: dict[str, Any]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         self._update("metrics = metrics || %s", (Jsonb(clean),))
         self._event(m.EVALUATION, f"evaluation at step {step}", metrics=clean)
 
     def checkpoint(self, step: int, epoch: int, path: str, metrics: dict[str, Any], is_best: bool) -> None:
         size = sum(f.stat().st_size for f in _walk(path))
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _finite(metrics)
         self._retrying(lambda: self._record_checkpoint(step, epoch, path, size, clean, is_best))
         self._event(m.CHECKPOINT, f"checkpoint at step {step}", metrics=clean)
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainforge.core.errors import FieldViolation, InvalidArgument
 from trainforge.core.paths import confine
+from trainforge.core.training.process_contract import world_size as process_world_size
 
 DEFAULT_MAX_DATASET_BYTES = 10 * 2**30  # 10 GiB
 NAME_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
@@ -129,9 +130,7 @@ class TrainConfig(_Section):
     @property
     def world_size(self) -> int:
         """Processes the job runs as: 1 unless distributed training is enabled."""
-        if not self.distributed.enabled:
-            return 1
-        return self.distributed.world_size or max(1, len(self.distributed.devices))
+        return process_world_size(self.distributed)
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -290,6 +289,8 @@ def to_dict(resolved: ResolvedConfig | TrainConfig) -> dict[str, Any]:
         "model_path": str(resolved.model_path) if resolved.model_path else None,
         "models_root": str(resolved.models_root) if resolved.models_root else None,
         "hostfile_path": str(resolved.hostfile_path) if resolved.hostfile_path else None,
+        # Read by the job queue's claim (a worker takes only jobs whose processes fit its free GPUs).
+        "world_size": resolved.config.world_size,
         **resolved.extra,
     }
     return out
@@ -303,7 +304,7 @@ def resolved_from_dict(d: Mapping[str, Any]) -> ResolvedConfig:
     r = dict(d.get("resolved") or {})
     if not r.get("data_path"):
         raise InvalidArgument.one("resolved.data_path", "is missing: validate the spec with validate_config first")
-    known = {"data_path", "dataset_bytes", "model_source", "model_path", "models_root", "hostfile_path"}
+    known = {"data_path", "dataset_bytes", "model_source", "model_path", "models_root", "hostfile_path", "world_size"}
     return ResolvedConfig(
         config=config, data_path=Path(r["data_path"]), dataset_bytes=int(r.get("dataset_bytes") or 0),
         model_source=r.get("model_source") or "local",

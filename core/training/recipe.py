@@ -24,9 +24,8 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from trainforge.core.training import checkpoint as ckpt
 from trainforge.core.training.batching import BatchPlan
@@ -42,6 +41,7 @@ from trainforge.core.training.distributed import (
     setup_runtime,
 )
 from trainforge.core.training.model_loading import load_model_and_tokenizer, resolve_base_model
+from trainforge.core.training.process_contract import TrainResult
 from trainforge.core.training.reporting import NullReporter, Reporter
 
 # Generation metrics (accuracy, f1_score, bleu) after training run on at most this many held-out
@@ -49,30 +49,6 @@ from trainforge.core.training.reporting import NullReporter, Reporter
 FINAL_EVAL_MAX_SAMPLES = 32
 FINAL_EVAL_MAX_NEW_TOKENS = 48
 EVAL_BATCH_SIZE = 8
-
-
-@dataclass
-class TrainResult:
-    status: Literal["succeeded", "early_stopped", "paused", "cancelled"]
-    global_step: int
-    epoch: int
-    total_steps: int
-    metrics: dict[str, float] = field(default_factory=dict)  # latest train and eval metrics
-    model_dir: Path | None = None  # output_dir/model when training finished
-    checkpoint_dir: Path | None = None  # the newest checkpoint written
-    best_metric: float | None = None
-    best_step: int | None = None
-    dataset_sha256: str = ""
-    parameter_count: int = 0
-    trainable_parameters: int = 0
-    losses: list[float] = field(default_factory=list)  # train loss of each step this run made
-    eval_history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("model_dir", "checkpoint_dir"):
-            out[key] = str(out[key]) if out[key] else None
-        return out
 
 
 def train(config: ResolvedConfig, output_dir: Path, reporter: Reporter, resume_from: Path | None = None, *,
@@ -152,7 +128,8 @@ def train(config: ResolvedConfig, output_dir: Path, reporter: Reporter, resume_f
     writer = _tensorboard(output_dir, runtime)
     result = TrainResult(status="succeeded", global_step=state.global_step, epoch=state.epoch + 1,
                          total_steps=total_steps, dataset_sha256=data.sha256, parameter_count=parameters,
-                         trainable_parameters=trainable, best_metric=state.best_metric, best_step=state.best_step)
+                         trainable_parameters=trainable, best_metric=state.best_metric, best_step=state.best_step,
+                         world_size=runtime.world_size)
     watched = "eval_loss" if cfg.optimization.early_stopping.metric == "validation_loss" else "perplexity"
     stop_reason: str | None = None
 

@@ -400,16 +400,50 @@ class ComponentHealth(_message.Message):
     def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class SystemHealth(_message.Message):
-    __slots__ = ("status", "components", "version", "uptime_seconds")
+    __slots__ = ("status", "components", "version", "uptime_seconds", "workers")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     status: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     version: str
     uptime_seconds: float
-    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    workers: WorkersHealth
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., workers: _Optional[_Union[WorkersHealth, _Mapping]] = ...) -> None: ...
+
+class WorkersHealth(_message.Message):
+    __slots__ = ("live_workers", "queued_jobs", "oldest_queued_seconds", "processes")
+    LIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    live_workers: int
+    queued_jobs: int
+    oldest_queued_seconds: float
+    processes: _containers.RepeatedCompositeFieldContainer[WorkerProcess]
+    def __init__(self, live_workers: _Optional[int] = ..., queued_jobs: _Optional[int] = ..., oldest_queued_seconds: _Optional[float] = ..., processes: _Optional[_Iterable[_Union[WorkerProcess, _Mapping]]] = ...) -> None: ...
+
+class WorkerProcess(_message.Message):
+    __slots__ = ("worker_id", "host", "pid", "start_time", "last_seen_time", "concurrency", "running_jobs", "gpus")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    host: str
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    last_seen_time: _timestamp_pb2.Timestamp
+    concurrency: int
+    running_jobs: int
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[int] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "start")
