@@ -108,6 +108,13 @@ class Settings(BaseModel):
     tls_key_file: str = Field("", validate_default=True)
     # With a CA file, clients must present a certificate it signed (mutual TLS).
     tls_client_ca_file: str = Field("", validate_default=True)
+    # Backups `serve` takes on its own (pg_dump plus referenced artifacts, trainforge.core.backup):
+    # every this many hours; 0 switches them off.
+    backup_interval_hours: float = Field(0.0, ge=0.0, le=24 * 366)
+    # Where they are written; a relative path is under data_dir.
+    backup_dir: Path = Path("backups")
+    # How many to keep: after each backup the older ones are deleted.
+    backup_keep: int = Field(7, ge=1, le=100_000)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -237,6 +244,15 @@ class Settings(BaseModel):
     @property
     def configs_dir(self) -> Path:
         return self.resolve(self.configs_root)
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.resolve(self.backup_dir)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Each job's working folder (config, logs, checkpoints): data_dir/jobs/<job id>."""
+        return self.data_dir / "jobs"
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir, self.configs_dir):

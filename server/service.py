@@ -1,8 +1,8 @@
 """The whole service as one unit: database (the embedded cluster or DATABASE_URL), migrations, the
-gRPC server, the Envoy gateway, the Prometheus endpoint and the in-process training workers,
-started in that order and stopped in the reverse one. `trainforge serve` runs it until a signal;
-`trainforge demo` runs it around a scripted REST session. Both go through `Service.run`, so the
-demo exercises what serve starts.
+gRPC server, the Envoy gateway, the Prometheus endpoint, the in-process training workers and the
+backup schedule (when backup_interval_hours is set), started in that order and stopped in the
+reverse one. `trainforge serve` runs it until a signal; `trainforge demo` runs it around a
+scripted REST session. Both go through `Service.run`, so the demo exercises what serve starts.
 
 Also here, for the commands that use the database without serving (`db upgrade`, `keys`, `audit`,
 `worker`): `open_database`, which finds the database the same way `Service.run` does."""
@@ -27,6 +27,7 @@ from grpc import aio
 from psycopg import conninfo
 
 from trainforge.core.access.keys import KeyStore
+from trainforge.core.backup.schedule import BackupSchedule
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
 from trainforge.core.errors import FailedPrecondition, Unavailable
@@ -243,7 +244,7 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
     # Three heartbeats per lease, so one slow heartbeat never lets a live job's lease lapse.
     # model_cache: the folder the server's evaluator uses too (server.app), so a base model is
     # materialised once per data directory.
-    return WorkerConfig(jobs_dir=settings.data_dir / "jobs", dsn=dsn, lease=lease,
+    return WorkerConfig(jobs_dir=settings.jobs_dir, dsn=dsn, lease=lease,
                         heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
                         model_cache=settings.data_dir / "model-cache", data_root=settings.data_dir_root,
                         max_running_per_kind=settings.max_running_per_kind)
@@ -388,6 +389,12 @@ class Service:
                                       settings.workers, gpus=visible_gpus(settings.gpus))
                 workers.start()
                 stack.push_async_callback(workers.stop)
+
+            if settings.backup_interval_hours > 0:
+                backups = BackupSchedule(dsn, settings.artifacts_dir, settings.backups_dir,
+                                         settings.backup_interval_hours * 3600, settings.backup_keep)
+                backups.start()
+                stack.push_async_callback(backups.stop)
 
             endpoints = Endpoints(grpc_address=f"{settings.grpc_host}:{grpc_port}", http_url=envoy.url,
                                   metrics_url=metrics_url, database=database, dsn=dsn,

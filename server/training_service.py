@@ -1,6 +1,7 @@
 """TrainingService: jobs (create, list, get, start, cancel, pause, resume, watch, events,
-checkpoints), evaluation (a job of kind EVALUATION), statistics and system health. Trainers start,
-cancel, pause and resume only the jobs their own API key created; admins any. Synthetic data answers UNIMPLEMENTED,
+checkpoints, deleting an ended job's files), evaluation (a job of kind EVALUATION), statistics and
+system health. Trainers start, cancel, pause and resume only the jobs their own API key created;
+admins any. Synthetic data answers UNIMPLEMENTED,
 naming the capability, until it lands."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from google.protobuf import json_format
 from trainforge.core.errors import Unimplemented
 from trainforge.core.jobs import models as jm
 from trainforge.core.jobs.evaluation import ModelEvaluator
+from trainforge.core.jobs.job_files import JobFiles
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker_heartbeats import WorkerDirectory
@@ -42,8 +44,10 @@ def _version() -> str:
 
 class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, registry: RegistryStore, jobs: JobStore, broker: JobEventBroker, preparer: JobSpecPreparer,
-                 evaluator: ModelEvaluator | None = None, started: float | None = None):
+                 evaluator: ModelEvaluator | None = None, started: float | None = None,
+                 job_files: JobFiles | None = None):
         self.registry, self.jobs, self.broker, self.preparer = registry, jobs, broker, preparer
+        self.job_files = job_files
         self.evaluator = evaluator
         self.workers = WorkerDirectory(jobs.pool)
         self.started = started or time.monotonic()
@@ -114,6 +118,12 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         page = await self.jobs.checkpoints(request.job_id, request.page_size, request.page_token)
         return pb.ListJobCheckpointsResponse(data=[convert.checkpoint(c) for c in page.items],
                                              next_page_token=page.next_page_token)
+
+    async def DeleteJobFiles(self, request: pb.DeleteJobFilesRequest, context) -> pb.DeleteJobFilesResponse:
+        if self.job_files is None:
+            raise Unimplemented("deleting job files (DeleteJobFiles)")
+        job, freed = await self.job_files.delete(request.job_id, only_owner())
+        return pb.DeleteJobFilesResponse(data=convert.job(job), bytes_freed=freed)
 
     # -- data, evaluation, statistics, health ------------------------------------------------
     async def GenerateSyntheticData(self, request, context):

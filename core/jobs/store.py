@@ -59,6 +59,9 @@ def _job(row: dict[str, Any]) -> m.Job:
         result=row["result"] or {})
 
 
+job_from_row = _job  # for the modules beside this store that lock and read job rows themselves
+
+
 def _event(row: dict[str, Any]) -> m.JobEvent:
     return m.JobEvent(str(row["job_id"]), row["seq"], row["type"], row["state"], row["message"],
                       row["progress"], row["metrics"], row["create_time"])

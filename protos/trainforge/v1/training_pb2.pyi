@@ -63,7 +63,7 @@ JOB_EVENT_TYPE_LOG: JobEventType
 JOB_EVENT_TYPE_ERROR: JobEventType
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "model_type", "training_data", "hyperparameters", "optimization", "evaluation", "deployment", "distributed", "method", "lora", "tags")
+    __slots__ = ("name", "model", "model_type", "training_data", "hyperparameters", "optimization", "evaluation", "deployment", "distributed", "method", "lora", "tags", "checkpointing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class JobSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_type: str
@@ -88,7 +89,16 @@ class JobSpec(_message.Message):
     method: str
     lora: LoraConfig
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_type: _Optional[str] = ..., training_data: _Optional[_Union[TrainingData, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., optimization: _Optional[_Union[Optimization, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., deployment: _Optional[_Union[DeploymentPolicy, _Mapping]] = ..., distributed: _Optional[_Union[Distributed, _Mapping]] = ..., method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    checkpointing: Checkpointing
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_type: _Optional[str] = ..., training_data: _Optional[_Union[TrainingData, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., optimization: _Optional[_Union[Optimization, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., deployment: _Optional[_Union[DeploymentPolicy, _Mapping]] = ..., distributed: _Optional[_Union[Distributed, _Mapping]] = ..., method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., checkpointing: _Optional[_Union[Checkpointing, _Mapping]] = ...) -> None: ...
+
+class Checkpointing(_message.Message):
+    __slots__ = ("keep_last", "keep_best")
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_BEST_FIELD_NUMBER: _ClassVar[int]
+    keep_last: int
+    keep_best: bool
+    def __init__(self, keep_last: _Optional[int] = ..., keep_best: _Optional[bool] = ...) -> None: ...
 
 class TrainingData(_message.Message):
     __slots__ = ("source", "path", "format", "validation_split")
@@ -682,6 +692,20 @@ class ListJobCheckpointsResponse(_message.Message):
     data: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     next_page_token: str
     def __init__(self, data: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteJobFilesRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobFilesResponse(_message.Message):
+    __slots__ = ("data", "bytes_freed")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    data: Job
+    bytes_freed: int
+    def __init__(self, data: _Optional[_Union[Job, _Mapping]] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
 
 class GenerateSyntheticDataRequest(_message.Message):
     __slots__ = ("template_prompts", "generation_config", "output_format", "variables", "output_path")
