@@ -6,16 +6,21 @@ all of it at once, and it dies with its worker (PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Re-exported: jobs start their processes through it (the one definition is in core.child_processes).
+from trainforge.core.child_processes import with_parent_death_signal  # noqa: F401
+
 ENTRYPOINT = "trainforge.core.training.entrypoint"
 
 # Exit codes of the training entrypoint.
 EXIT_OK, EXIT_FAILED, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 3, 4
+# Checkpointed at a step boundary because its worker is shutting down; the job goes back to the
+# queue and the next claim resumes from that checkpoint (core.training.entrypoint defines the same).
+EXIT_RELEASED = 5
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,3 @@ def build(spec: dict[str, Any], *, config_path: Path, output_dir: Path, resume_f
     else:
         launcher += ["--num_gpus", str(world_size)]
     return Launch([*launcher, "--module", ENTRYPOINT, *entry_args], env, world_size)
-
-
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """Prefix the command with util-linux `setpriv --pdeathsig`: the job's first process gets
-    SIGTERM when its worker dies, even by SIGKILL. (A preexec_fn would do the same but is unsafe in
-    a process with threads, like the server with its gRPC pool.)"""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv

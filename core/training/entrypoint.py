@@ -6,7 +6,8 @@ rank). Reads the job's config (the stored spec written by config.to_dict, with i
 block), runs the recipe, and on rank 0 writes `DIR/result.json` (status, steps, metrics, dataset
 sha256, parameter count) or, on failure, `DIR/error.json` and one JSON line on stderr.
 
-Exit codes: 0 succeeded (or stopped early), 3 paused, 4 cancelled, 1 failed.
+Exit codes: 0 succeeded (or stopped early), 3 paused, 4 cancelled, 5 released (checkpointed because
+its worker is shutting down; the job resumes from that checkpoint under another worker), 1 failed.
 A reporter given as `module:Class` is built with keyword arguments job_id and dsn from the
 environment variables TRAINFORGE_JOB_ID and TRAINFORGE_DATABASE_URL, on rank 0 only.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 3, 4
+EXIT_RELEASED = 5  # core.jobs.launch defines the same codes for the worker's side
 
 # Offline before anything imports transformers or huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, args.output, reporter, args.resume)
         if _rank() == 0:
             _write_json(args.output / "result.json", result.to_json())
-        return {"paused": EXIT_PAUSED, "cancelled": EXIT_CANCELLED}.get(result.status, EXIT_OK)
+        return {"paused": EXIT_PAUSED, "cancelled": EXIT_CANCELLED, "released": EXIT_RELEASED}.get(result.status,
+                                                                                                 EXIT_OK)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes exit 1 with its JSON line
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
