@@ -237,6 +237,8 @@ class Worker:
         deadline = loop.time() + self.config.stop_checkpoint_seconds
         asked = False
         if self.config.stop_checkpoint_seconds > 0:
+            log.info("shutting down: job %s checkpoints at its next step (waiting up to %.0f s)", job.job_id,
+                     self.config.stop_checkpoint_seconds)
             try:
                 asked = await self.jobs.request_release(
                     job.job_id, job.attempt, f"worker {self.worker_id} is shutting down; the job checkpoints at its "
