@@ -285,7 +285,8 @@ class JobStore:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE jobs SET lease_expires = now() - interval '1 second', update_time = now() "
-                "WHERE id = %s AND worker_id = %s AND state = 'RUNNING' RETURNING id", (job_id, worker_id))
+                "WHERE id = %s AND worker_id = %s AND state = 'RUNNING' AND lease_expires >= now() RETURNING id",
+                (job_id, worker_id))
             if await cur.fetchone() is None:
                 return False
             await append_event(conn, job_id, m.LOG, message)
