@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from trainforge.core.child_processes import ChildRecords, pid_alive
+from trainforge.core.child_processes import ChildRecords, group_members, pid_alive
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
 from trainforge.core.jobs import models as m
@@ -263,19 +263,17 @@ class Worker:
         return "released"
 
     async def _stop(self, process: asyncio.subprocess.Process, grace: float | None = None) -> None:
-        """SIGTERM to the whole group, SIGKILL after the grace period; returns once the group's
-        first process has exited."""
+        """SIGTERM to the whole group, SIGKILL after the grace period; returns once no process of
+        the group is left (DeepSpeed's ranks outlive their launcher by a moment), or 5 s after
+        SIGKILL at worst."""
         grace = self.config.stop_grace_seconds if grace is None else grace
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                await asyncio.wait_for(process.wait(), wait)
+            if await _group_ended(process, wait):
                 return
-            except TimeoutError:
-                continue
 
     async def _register(self, job: m.Job, output_dir: Path) -> str:
         result = json.loads((output_dir / "result.json").read_text())
@@ -300,6 +298,21 @@ class Worker:
             if version.lineage.job_id != job.job_id:
                 raise
         return version.model_version_id
+
+
+async def _group_ended(process: asyncio.subprocess.Process, timeout: float) -> bool:
+    """Waits up to `timeout` for the group's first process to exit and every other one to be gone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        return False
+    while group_members(process.pid, since_ticks=0):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 HEARTBEAT_RETRY_FIRST_SECONDS = 0.25
