@@ -6,24 +6,57 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainforge.core.errors import FieldViolation, InvalidArgument
 
 DEFAULT_DATA_DIR = "~/.local/share/trainforge"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate chain and key (PEM), and the CA its clients' certificates must be
+    signed by when clients must present one (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+def _tls_path(value: str, info: ValidationInfo) -> Path:
+    path = Path(os.path.expanduser(value))
+    data_dir = info.data.get("data_dir") or Path(os.path.expanduser(DEFAULT_DATA_DIR))
+    return path if path.is_absolute() else data_dir / path
+
+
+def _readable(path: Path) -> str:
+    """'' when `path` is a readable file, else what is wrong with it."""
+    if not path.is_file():
+        return f"{path} does not exist or is not a file"
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror}"
+    return ""
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key then fails to load, rather than OpenSSL asking on the terminal
 
 
 class Settings(BaseModel):
@@ -62,6 +95,12 @@ class Settings(BaseModel):
     job_stop_checkpoint_seconds: float = Field(60.0, ge=0, le=3600)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
+    # TLS on the REST gateway's listener and the gRPC port: a PEM certificate chain and its key
+    # (both or neither; relative paths are under data_dir). Empty: plaintext.
+    tls_cert_file: str = Field("", validate_default=True)
+    tls_key_file: str = Field("", validate_default=True)
+    # With a CA file, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca_file: str = Field("", validate_default=True)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -75,15 +114,94 @@ class Settings(BaseModel):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
 
+    # Each TLS file is checked on its own, so every problem is reported at once; the key and the CA
+    # see the fields validated before them (pydantic's field order) for the cross-checks.
+    @field_validator("tls_cert_file")
+    @classmethod
+    def _tls_cert(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        path = _tls_path(value, info)
+        problem = _readable(path)
+        if not problem:
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except ssl.SSLError as exc:
+                problem = f"{path} is not a PEM certificate ({exc.reason or exc})"
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _tls_key(cls, value: str, info: ValidationInfo) -> str:
+        cert = info.data.get("tls_cert_file")  # None: the certificate itself is bad (reported there)
+        if not value:
+            if cert:
+                raise ValueError("is required when tls_cert_file is set")
+            return value
+        if cert == "":
+            raise ValueError("is set but tls_cert_file is not; give both or neither")
+        path = _tls_path(value, info)
+        problem = _readable(path)
+        if not problem and b"PRIVATE KEY-----" not in path.read_bytes():
+            problem = f"{path} is not a PEM private key"
+        if not problem and cert:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(_tls_path(cert, info), path,
+                                                                        password=_no_password)
+            except ssl.SSLError as exc:
+                problem = (f"{path} does not load with tls_cert_file: it is encrypted, or it is not the key of "
+                           f"that certificate ({exc.reason or exc})")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("tls_client_ca_file")
+    @classmethod
+    def _tls_client_ca(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        if info.data.get("tls_cert_file") == "":
+            raise ValueError("needs tls_cert_file and tls_key_file: clients check the server first")
+        path = _tls_path(value, info)
+        problem = _readable(path)
+        if not problem:
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except ssl.SSLError as exc:
+                problem = f"{path} is not a PEM certificate ({exc.reason or exc})"
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _loopback_without_auth(self) -> Settings:
         if not self.auth_enabled:
             exposed = [f"{name}={host}" for name, host in (("grpc_host", self.grpc_host), ("http_host", self.http_host))
-                       if not _is_loopback(host)]
+                       if not is_loopback(host)]
             if exposed:
                 raise ValueError("auth_enabled is false, so the server may only listen on loopback; "
                                  f"got {', '.join(exposed)}")
         return self
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS files (absolute), or None for plaintext."""
+        if not self.tls_cert_file:
+            return None
+        return TlsFiles(self.resolve(Path(os.path.expanduser(self.tls_cert_file))),
+                        self.resolve(Path(os.path.expanduser(self.tls_key_file))),
+                        self.resolve(Path(os.path.expanduser(self.tls_client_ca_file)))
+                        if self.tls_client_ca_file else None)
+
+    def plaintext_exposure(self) -> list[str]:
+        """The listeners that accept plaintext on an address other hosts can reach: API keys and
+        model data would cross the network readable by anyone on the path."""
+        if self.tls is not None:
+            return []
+        return [f"{name}={host}" for name, host in (("grpc_host", self.grpc_host), ("http_host", self.http_host))
+                if not is_loopback(host)]
 
     def resolve(self, path: Path) -> Path:
         """A configured root as an absolute path (relative ones live under data_dir)."""

@@ -37,7 +37,7 @@ START_TIMEOUT_SECONDS = 60.0
 RESTART_PAUSE_SECONDS = 1.0
 
 
-def _free_loopback_port() -> int:
+def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -98,8 +98,11 @@ class ApiProcessPool:
     def __init__(self, settings: Settings, dsn: str, count: int, run_dir: Path, grace: float = 5.0,
                  records: ChildRecords | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
-        child_settings = settings.model_copy(update={"grpc_host": "127.0.0.1", "workers": 0, "metrics_port": 0})
-        self.children = [ApiProcess(i + 1, child_settings, dsn, _free_loopback_port(), run_dir / f"api-{i + 1}.log",
+        # Children serve only the gateway, over loopback in plaintext (TLS ends at Envoy).
+        child_settings = settings.model_copy(update={"grpc_host": "127.0.0.1", "workers": 0, "metrics_port": 0,
+                                                     "tls_cert_file": "", "tls_key_file": "",
+                                                     "tls_client_ca_file": ""})
+        self.children = [ApiProcess(i + 1, child_settings, dsn, free_loopback_port(), run_dir / f"api-{i + 1}.log",
                                     records) for i in range(count)]
         self.grace = grace
         self._stopping = False

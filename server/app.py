@@ -1,11 +1,15 @@
 """Wiring: builds the gRPC server from settings and dependencies. `create_server` binds the port
-(0 picks a free one) and returns it, so tests and `trainforge serve` start servers the same way."""
+(0 picks a free one) and returns it, so tests and `trainforge serve` start servers the same way.
+With TLS in the settings the port serves TLS only; the gateway then gets a plaintext port of its
+own on loopback (`gateway_port`), so Envoy needs no client certificate and the server can believe
+the client address Envoy forwards (server.interceptors)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -73,7 +77,17 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
                                          registry))
 
 
-async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int]:
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' files (validated when the settings were loaded), or None."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+async def create_server(settings: Settings, deps: Deps, *, gateway_port: int | None = None) -> tuple[aio.Server, int]:
     server = aio.server(
         interceptors=[RpcInterceptor(deps.authorizer)],
         options=[
@@ -102,9 +116,13 @@ async def create_server(settings: Settings, deps: Deps) -> tuple[aio.Server, int
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not bind gRPC to {settings.grpc_host}:{settings.grpc_port}")
+        raise OSError(f"could not bind gRPC to {address}")
+    if gateway_port is not None and server.add_insecure_port(f"127.0.0.1:{gateway_port}") == 0:
+        raise OSError(f"could not bind the gateway's gRPC port 127.0.0.1:{gateway_port}")
     await server.start()
     return server, port
 
@@ -114,4 +132,4 @@ async def stop_server(server: aio.Server, grace: float = 5.0) -> None:
     await server.stop(grace)
 
 
-__all__ = ["Deps", "SERVICE_NAMES", "create_server", "open_deps", "stop_server"]
+__all__ = ["Deps", "SERVICE_NAMES", "create_server", "open_deps", "server_credentials", "stop_server"]

@@ -10,10 +10,11 @@ import asyncio
 import contextvars
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from trainforge.core.access.audit import AuditLog, Entry
+from trainforge.core.access.audit import Actor, AuditLog, Entry
 from trainforge.core.access.keys import ROLE_RANK, ApiKey, KeyStore
 from trainforge.core.db.listen import listen_forever
 from trainforge.core.errors import PermissionDenied, Unauthenticated
@@ -120,6 +121,17 @@ class Authorizer:
             self._touched[key.key_id] = now
             await self.keys.touch(key.key_id)
         return key
+
+    @staticmethod
+    def actor(principal: Principal, method: str, rule: Rule, request: Callable[[], object], request_id: str,
+              client: str) -> Actor:
+        """The caller as the stores record its change (core.access.audit.audited_transaction);
+        `request` is read then, since a client stream's first message arrives after this."""
+        def resource() -> str:
+            current = request()
+            return resource_of(rule, current) if current is not None else ""
+
+        return Actor(principal.key_id, principal.role, method, request_id, client, resource)
 
     async def record(self, principal: Principal, method: str, rule: Rule | None, request: object,
                      outcome: str, request_id: str, client: str) -> None:

@@ -22,6 +22,7 @@ import yaml
 
 from trainforge.core.child_processes import ChildRecords, with_parent_death_signal
 from trainforge.core.errors import Unavailable
+from trainforge.core.settings import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,31 @@ def gateway_file(name: str) -> Path:
     return Path(str(resources.files("trainforge.gateway").joinpath(name)))
 
 
+def tls_transport_socket(tls: TlsFiles) -> dict:
+    """The listener's DownstreamTlsContext: HTTP/2 or HTTP/1.1 by ALPN (gRPC clients need h2), and
+    a client certificate signed by the client CA when one is configured."""
+    common: dict = {
+        "alpn_protocols": ["h2", "http/1.1"],
+        "tls_certificates": [{"certificate_chain": {"filename": str(tls.cert_file)},
+                              "private_key": {"filename": str(tls.key_file)}}],
+    }
+    context: dict = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                     "common_tls_context": common}
+    if tls.client_ca_file is not None:
+        common["validation_context"] = {"trusted_ca": {"filename": str(tls.client_ca_file)}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
 def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_port: int,
-                  admin_port: int, max_request_bytes: int, more_grpc_ports: Sequence[int] = ()) -> dict:
+                  admin_port: int, max_request_bytes: int, more_grpc_ports: Sequence[int] = (),
+                  tls: TlsFiles | None = None) -> dict:
     config = yaml.safe_load(gateway_file("envoy.yaml").read_text())
     config["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address=http_address, port_value=http_port)
+    if tls is not None:
+        listener["filter_chains"][0]["transport_socket"] = tls_transport_socket(tls)
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
         body = route.get("direct_response", {}).get("body")
@@ -70,18 +90,20 @@ def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_
 class EnvoyGateway:
     def __init__(self, run_dir: Path, *, grpc_address: str, grpc_port: int, http_address: str = "127.0.0.1",
                  http_port: int = 8080, admin_port: int = 9901, max_request_bytes: int = 8 * 1024 * 1024,
-                 more_grpc_ports: Sequence[int] = (), records: ChildRecords | None = None):
+                 more_grpc_ports: Sequence[int] = (), tls: TlsFiles | None = None,
+                 records: ChildRecords | None = None):
         self.run_dir = run_dir
         self.records = records
         self.http_address, self.http_port, self.admin_port = http_address, http_port, admin_port
+        self.tls = tls
         self.config = render_config(grpc_address=grpc_address, grpc_port=grpc_port, http_address=http_address,
                                     http_port=http_port, admin_port=admin_port, max_request_bytes=max_request_bytes,
-                                    more_grpc_ports=more_grpc_ports)
+                                    more_grpc_ports=more_grpc_ports, tls=tls)
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.http_address}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.http_address}:{self.http_port}"
 
     def start(self, timeout: float = 30) -> None:
         self.spawn()

@@ -1,10 +1,16 @@
 """Wraps every RPC handler: request id, authentication and authorisation (server.auth), the audit
 record of mutating and denied calls, a structured access log, Prometheus metrics, and the mapping
-of exceptions to statuses (through server.errors, the single error table)."""
+of exceptions to statuses (through server.errors, the single error table).
+
+The audit record of a change is written by the store in the change's own transaction
+(core.access.audit.audited_transaction) from the actor this interceptor names for a mutating
+call; the interceptor itself records only calls that committed nothing (denied or failed calls,
+and mutating calls whose handler wrote no database row)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -13,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
+from trainforge.core.access.audit import Actor, current_actor
 from trainforge.core.errors import FieldViolation, InvalidArgument, PermissionDenied, TrainforgeError, Unauthenticated
 from trainforge.server.auth import Authorizer, Principal, denied_principal, principal_var
 from trainforge.server.body_check_service import UNKNOWN_FIELDS_HEADER
@@ -27,6 +34,10 @@ REQUEST_ID_KEY = "x-request-id"
 # The gateway's body check runs once per REST call with a body: logged at DEBUG when it succeeds,
 # so the access log holds one line per call, the call's own.
 QUIET_METHODS = frozenset({"/envoy.service.auth.v3.Authorization/Check"})
+# The REST caller's address as Envoy saw it on the connection (gateway/envoy.yaml sets it from
+# %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%, overwriting any value a client sent). Believed only from a
+# loopback peer: the gateway reaches this server over loopback (server.service).
+CLIENT_ADDRESS_HEADER = "x-trainforge-client-address"
 
 
 def _request_id(metadata) -> str:
@@ -34,6 +45,33 @@ def _request_id(metadata) -> str:
         if key == REQUEST_ID_KEY and value and len(value) <= 128:
             return value
     return uuid.uuid4().hex
+
+
+def _loopback_peer(peer: str) -> bool:
+    """A gRPC peer string (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`) on loopback."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_address(peer: str, metadata) -> str:
+    """Who is calling, for the audit log: the gateway's client (in gRPC's peer notation) when the
+    call came through the gateway, else the connection's peer."""
+    if not _loopback_peer(peer):
+        return peer
+    for key, value in metadata or ():
+        if key == CLIENT_ADDRESS_HEADER and len(value) <= 64:
+            host, _, port = value.rpartition(":")
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                break
+            if port.isdigit():
+                return f"ipv{address.version}:{host}:{port}"
+    return peer
 
 
 class _Call:
@@ -50,12 +88,19 @@ class _Call:
         self.principal: Principal | None = None
         self.rule = None
         self.request: object = None
+        self.client = client_address(context.peer() or "", self.metadata)
+        self.actor: Actor | None = None
+        self.actor_token = None
 
     async def authorize(self) -> None:
         if self.authorizer is not None:
             self.principal, self.rule = await self.authorizer.identify(self.method, self.metadata)
             principal_var.set(self.principal)
             self.authorizer.check(self.principal, self.rule, self.method)
+            if self.rule.mutating:  # the stores record the change in its transaction as this actor
+                self.actor = self.authorizer.actor(self.principal, self.method, self.rule, lambda: self.request,
+                                                   self.request_id, self.client)
+                self.actor_token = current_actor.set(self.actor)
         for key, value in self.metadata:
             if key == UNKNOWN_FIELDS_HEADER:  # set by the gateway only (server.body_check_service)
                 unknown = decode(value)
@@ -81,15 +126,17 @@ class _Call:
         await self.context.abort_with_status(to_status(exc, self.request_id))
 
     async def succeed(self) -> None:
-        if self.principal is not None and self.rule.mutating:
+        # A call whose change committed has its record already, written in the same transaction.
+        # One that wrote no row (nothing in the database changed) is recorded here.
+        if self.principal is not None and self.rule.mutating and not (self.actor and self.actor.committed):
             await self._audit(self.principal, grpc.StatusCode.OK)
         self.finish(grpc.StatusCode.OK)
 
     async def _audit(self, principal: Principal, code: grpc.StatusCode) -> None:
         try:
             await self.authorizer.record(principal, self.method, self.rule, self.request, code.name,
-                                         self.request_id, self.context.peer() or "")
-        except Exception:  # noqa: BLE001 - a failed audit write is logged loudly, the reply still goes out
+                                         self.request_id, self.client)
+        except Exception:  # noqa: BLE001 - no change rides on this record (see succeed); logged loudly
             log.exception("could not append to the audit log for %s", self.method)
 
     def finish(self, code: grpc.StatusCode) -> None:
@@ -101,10 +148,12 @@ class _Call:
             level = logging.DEBUG
         if log.isEnabledFor(level):
             fields = {"method": self.method, "code": code.name, "duration_ms": round(elapsed * 1000, 3),
-                      "peer": self.context.peer()}
+                      "peer": self.client}
             if self.principal is not None:
                 fields["key_id"] = self.principal.key_id
             log.log(level, "rpc", extra={"fields": fields})
+        if self.actor_token is not None:
+            current_actor.reset(self.actor_token)
         request_id_var.reset(self.token)
 
 

@@ -34,8 +34,8 @@ from trainforge.core.errors import FailedPrecondition, Unavailable
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
 from trainforge.core.registry.store import RegistryStore
-from trainforge.core.settings import Settings
-from trainforge.server.api_processes import ApiProcessPool
+from trainforge.core.settings import Settings, is_loopback
+from trainforge.server.api_processes import ApiProcessPool, free_loopback_port
 from trainforge.server.app import Deps, create_server, open_deps, stop_server
 from trainforge.server.envoy_process import EnvoyGateway
 
@@ -68,6 +68,22 @@ class Endpoints:
     @property
     def docs_url(self) -> str:
         return f"{self.http_url}/api/docs"
+
+
+def warn_if_plaintext(settings: Settings) -> list[str]:
+    """Logs a loud warning for each plaintext listener on a non-loopback address; returns them."""
+    exposed = settings.plaintext_exposure()
+    for listener in exposed:
+        log.warning("PLAINTEXT LISTENER ON THE NETWORK: %s serves without TLS, so API keys and model data cross "
+                    "the network readable and forgeable by anyone on the path; set tls_cert_file and tls_key_file "
+                    "(or listen on 127.0.0.1 behind a TLS proxy)", listener)
+    return exposed
+
+
+def gateway_needs_own_port(settings: Settings) -> bool:
+    """The gateway reaches the gRPC server over loopback in plaintext: on the configured port when
+    that is such a port, else on a loopback port of its own (TLS on, or bound to one public address)."""
+    return settings.tls is not None or not (is_loopback(settings.grpc_host) or settings.grpc_host in _WILDCARDS)
 
 
 def embedded_postgres_dir(settings: Settings) -> Path:
@@ -302,6 +318,7 @@ class Service:
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[Endpoints], None] | None = None) -> None:
         settings = self.settings
+        warn_if_plaintext(settings)
         # Each part registers its stop as it starts; the stack unwinds in reverse order on every
         # exit path: workers first, then no new HTTP traffic, then gRPC drains (with its grace
         # period), then the pool closes, then the database goes.
@@ -332,7 +349,8 @@ class Service:
             if self.bootstrap_admin_key and settings.auth_enabled:
                 bootstrap_token = await ensure_bootstrap_admin_key(dsn, deps.keys)
 
-            server, grpc_port = await self._start_grpc(deps)
+            gateway_port = free_loopback_port() if gateway_needs_own_port(settings) else None
+            server, grpc_port = await self._start_grpc(deps, gateway_port)
             # Ends when the server stops; not cancelled (that would cancel grpc's own shutdown
             # future, which server.stop() then awaits), but awaited once the server has stopped.
             serving = asyncio.ensure_future(server.wait_for_termination())
@@ -349,12 +367,12 @@ class Service:
                 await pool.start()
                 more_ports = pool.ports
 
-            grpc_host = "127.0.0.1" if settings.grpc_host in _WILDCARDS else settings.grpc_host
-            envoy = EnvoyGateway(settings.data_dir / "envoy", grpc_address=grpc_host, grpc_port=grpc_port,
-                                 http_address=settings.http_host, http_port=settings.http_port,
-                                 admin_port=settings.envoy_admin_port,
+            grpc_host = "127.0.0.1" if settings.grpc_host in _WILDCARDS or gateway_port else settings.grpc_host
+            envoy = EnvoyGateway(settings.data_dir / "envoy", grpc_address=grpc_host,
+                                 grpc_port=gateway_port or grpc_port, http_address=settings.http_host,
+                                 http_port=settings.http_port, admin_port=settings.envoy_admin_port,
                                  max_request_bytes=settings.max_request_bytes, more_grpc_ports=more_ports,
-                                 records=records)
+                                 tls=settings.tls, records=records)
             stack.push_async_callback(asyncio.to_thread, envoy.stop)
             # Spawned on this (the loop's) thread, which lives until the end: Envoy's parent-death
             # signal follows the thread that started it. Only the wait for readiness goes to a thread.
@@ -394,9 +412,9 @@ class Service:
             if serving.done() and not stop.is_set():
                 raise Unavailable("the gRPC server stopped unexpectedly")
 
-    async def _start_grpc(self, deps: Deps) -> tuple[aio.Server, int]:
+    async def _start_grpc(self, deps: Deps, gateway_port: int | None) -> tuple[aio.Server, int]:
         try:
-            return await create_server(self.settings, deps)
+            return await create_server(self.settings, deps, gateway_port=gateway_port)
         except (OSError, RuntimeError) as exc:
             # grpc reports a taken port as RuntimeError("Failed to bind to address ...").
             address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
@@ -405,5 +423,5 @@ class Service:
 
 
 __all__ = ["BOOTSTRAP_OWNER", "Database", "Endpoints", "Service", "WorkerGroup", "child_records",
-           "embedded_cluster_lock", "embedded_postgres_dir", "ensure_bootstrap_admin_key", "mask_password",
-           "open_database", "worker_config"]
+           "embedded_cluster_lock", "embedded_postgres_dir", "ensure_bootstrap_admin_key", "gateway_needs_own_port",
+           "mask_password", "open_database", "warn_if_plaintext", "worker_config"]

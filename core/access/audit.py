@@ -1,14 +1,29 @@
 """The audit log: append-only, hash-chained. Each row's hash is sha256 over the previous row's hash
 and the row's own fields, so editing, deleting or reordering any row breaks the chain from that
-row on, and `verify` names the first row where it breaks."""
+row on, and `verify` names the first row where it breaks.
+
+A change and its record are one transaction: the server's interceptor (or a worker acting for a
+job) names the actor in `current_actor`, and the stores open their writing transactions with
+`audited_transaction(conn)`, which appends the record as the transaction's last statement. A record
+that cannot be written rolls the change back (Unavailable); a change that rolls back leaves no
+record. Calls that change nothing (denied, failed) are recorded by the interceptor on their own."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
-from dataclasses import asdict, dataclass
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+from trainforge.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
@@ -85,14 +100,71 @@ RETURNING *
 """
 
 
+async def append_on(conn: psycopg.AsyncConnection, entry: Entry) -> AuditRecord:
+    """Appends `entry` on `conn`, inside whatever transaction `conn` has open."""
+    cur = await conn.execute(APPEND_SQL, asdict(entry))
+    return AuditRecord(**await cur.fetchone())
+
+
+@dataclass
+class Actor:
+    """Who is changing state right now, and on whose request: an RPC's caller (set by the server's
+    interceptor) or a worker acting for a job's owner. `resource` is read when the record is
+    written, because a client stream names its resource only in its first message."""
+
+    key_id: str
+    role: str
+    rpc: str
+    request_id: str
+    client: str
+    resource: Callable[[], str] = lambda: ""
+    # Records committed with a change for this actor (a call may commit more than one change).
+    committed: int = field(default=0, compare=False)
+
+    def entry(self, outcome: str) -> Entry:
+        return Entry(self.key_id, self.role, self.rpc, self.resource(), self.request_id, outcome, self.client)
+
+
+current_actor: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("audit_actor", default=None)
+
+
+@contextmanager
+def acting(actor: Actor) -> Iterator[Actor]:
+    """Changes made inside the block are recorded as `actor`'s."""
+    token = current_actor.set(actor)
+    try:
+        yield actor
+    finally:
+        current_actor.reset(token)
+
+
+@asynccontextmanager
+async def audited_transaction(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+    """`conn.transaction()` that also appends the current actor's record (outcome OK) as its last
+    statement, so the change commits with its record or not at all. Last, because the append locks
+    the log's head row until commit and every audited write in the system queues on that lock.
+    Without an actor (a CLI command, a test driving a store directly) it is a plain transaction."""
+    actor = current_actor.get()
+    async with conn.transaction():
+        yield
+        if actor is not None:
+            try:
+                await append_on(conn, actor.entry("OK"))
+            except psycopg.Error as exc:
+                log.error("could not append to the audit log for %s; the change is rolled back: %s", actor.rpc, exc)
+                raise Unavailable("the audit log could not record this change, so it was not made; try again",
+                                  reason="AUDIT_UNAVAILABLE") from None
+    if actor is not None:
+        actor.committed += 1
+
+
 class AuditLog:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
 
     async def append(self, entry: Entry) -> AuditRecord:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(APPEND_SQL, asdict(entry))
-            return AuditRecord(**await cur.fetchone())
+            return await append_on(conn, entry)
 
     async def list(self, *, resource: str = "", key_id: str = "", since: datetime | None = None,
                    until: datetime | None = None, limit: int = 100) -> list[AuditRecord]:

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from trainforge.core import pagination
+from trainforge.core.access.audit import audited_transaction
 from trainforge.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from trainforge.core.jobs import models as m
 from trainforge.core.jobs.queue_wake import QUEUE_CHANNEL
@@ -81,7 +82,7 @@ class JobStore:
     # -- the API's side ------------------------------------------------------------------------
     async def create(self, name: str, spec: dict[str, Any], owner_key_id: str, *, start: bool) -> m.Job:
         job_id = uuid.uuid4()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             if start:
                 await self._check_active_limit(conn, owner_key_id)
             cur = await conn.execute(
@@ -136,7 +137,7 @@ class JobStore:
                           owner_key_id: str = "") -> m.Job:
         """Moves a job along `allowed` (from-state -> to-state) under a row lock; for RUNNING jobs
         that the worker must stop, sets `flag` instead and leaves the state to the worker."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             cur = await conn.execute("SELECT * FROM jobs WHERE id = %s FOR UPDATE", (_uuid(job_id),))
             row = await cur.fetchone()
             if row is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psycopg
 
+from trainforge.core.access.audit import Actor, acting
 from trainforge.core.child_processes import ChildRecords, group_members, pid_alive
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
@@ -289,8 +290,12 @@ class Worker:
             lineage=Lineage(base_model=spec.get("model", ""), dataset_digest=result.get("dataset_sha256", ""),
                             job_id=job.job_id, config=spec),
             changelog=f"trained by job {job.job_id}")
+        # Audited like an API call, in the registration's transaction, as the job owner's change.
+        actor = Actor(job.owner_key_id, "worker", "worker:RegisterJobVersion", f"job-{job.job_id}-{job.attempt}",
+                      f"worker:{self.worker_id}", lambda: f"{new.name}/{new.version}")
         try:
-            version = await self.registry.register(new, artifacts_dir=output_dir / "model")
+            with acting(actor):
+                version = await self.registry.register(new, artifacts_dir=output_dir / "model")
         except AlreadyExists:
             # A previous attempt registered it before its worker died: the same job's version is
             # adopted, so a job never registers two versions.

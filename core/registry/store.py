@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from trainforge.core import pagination
+from trainforge.core.access.audit import audited_transaction
 from trainforge.core.errors import (
     Aborted,
     AlreadyExists,
@@ -242,7 +243,7 @@ class RegistryStore:
         version_id = uuid.uuid4()
         total = sum(f.size_bytes for f in files)
         try:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, audited_transaction(conn):
                 cur = await conn.execute(
                     "INSERT INTO models (id, name, etag) VALUES (%s, %s, %s) "
                     "ON CONFLICT (name) DO UPDATE SET update_time = now(), etag = EXCLUDED.etag RETURNING id",
@@ -320,7 +321,7 @@ class RegistryStore:
         if "tags" in fields:
             check.check_tags(v, "model.tags", values.get("tags", ()))
         v.raise_if_any()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._model_row(conn, ref, lock=True)
             if etag and etag != row["etag"]:
                 raise Aborted(f"model {ref!r} changed since etag {etag!r} was read; fetch it again",
@@ -348,7 +349,7 @@ class RegistryStore:
         return list(dict.fromkeys(mask))
 
     async def delete_model(self, ref: str, force: bool) -> Model:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._model_row(conn, ref, lock=True)
             model = await self._model(conn, row)
             if not force:
@@ -436,7 +437,7 @@ class RegistryStore:
             check.check_metrics(v, "model_version.performance_metrics", values.get("performance_metrics", {}))
         v.raise_if_any()
         columns = {"performance_metrics": "metrics"}
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref)
             current = await self._version(conn, model["id"], version, ref)
             params: list[Any] = []
@@ -458,7 +459,7 @@ class RegistryStore:
             return _version_from_row(await cur.fetchone())
 
     async def delete_version(self, ref: str, version: str, force: bool) -> ModelVersion:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref, lock=True)
             current = await self._version(conn, model["id"], version, ref)
             if not force:
@@ -478,7 +479,7 @@ class RegistryStore:
         if not version:
             v.add("version", "is required")
         v.raise_if_any()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref, lock=True)
             cur = await conn.execute("SELECT 1 FROM model_versions WHERE model_id = %s AND version = %s",
                                      (model["id"], alias))
@@ -498,7 +499,7 @@ class RegistryStore:
             return await self._model(conn, await self._model_row(conn, str(model["id"])))
 
     async def delete_alias(self, ref: str, alias: str) -> Model:
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref, lock=True)
             cur = await conn.execute("DELETE FROM model_aliases WHERE model_id = %s AND alias = %s RETURNING alias",
                                      (model["id"], alias))
@@ -617,7 +618,7 @@ class RegistryStore:
     async def _commit_artifacts(self, current: ModelVersion, files: list[ArtifactFile], source: str) -> Manifest:
         digest = manifest_digest(files)
         total = sum(f.size_bytes for f in files)
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             cur = await conn.execute(
                 "UPDATE model_versions SET manifest_digest = %s, artifact_count = %s, artifact_bytes = %s, "
                 "size_mb = %s, source = %s, etag = %s, update_time = now() "
@@ -719,7 +720,7 @@ class RegistryStore:
             v.add("request_count", "nothing to record")
         v.raise_if_any()
         requests = max(requests, len(latencies))
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref)
             current = await self._version(conn, model["id"], version, ref)
             await conn.execute("INSERT INTO model_usage (version_id) VALUES (%s) ON CONFLICT DO NOTHING",

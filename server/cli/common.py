@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,10 +122,29 @@ class RpcClient:
         return getattr(self._stub, method)(request, metadata=self._metadata)
 
 
+# A server whose gRPC port has TLS (tls_cert_file in its settings): the CA that signed its
+# certificate, and for mutual TLS this client's certificate and key (PEM files).
+TLS_ENV = ("TRAINFORGE_TLS_CA_FILE", "TRAINFORGE_TLS_CLIENT_CERT_FILE", "TRAINFORGE_TLS_CLIENT_KEY_FILE")
+
+
+def _channel(server: str) -> grpc.Channel:
+    ca, cert, key = (os.environ.get(name, "") for name in TLS_ENV)
+    if not ca:
+        return grpc.insecure_channel(server)
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(ca).read_bytes(), private_key=Path(key).read_bytes() if key else None,
+            certificate_chain=Path(cert).read_bytes() if cert else None)
+    except OSError as exc:
+        raise fail(f"cannot read a TLS file named by {', '.join(TLS_ENV)}: {exc}") from None
+    return grpc.secure_channel(server, credentials)
+
+
 @contextmanager
 def rpc_client(stub_class: type, server: str, api_key: str) -> Iterator[RpcClient]:
-    """A client of one service at `server`; an RPC error inside the block is printed and exits 1."""
-    with grpc.insecure_channel(server) as channel:
+    """A client of one service at `server` (over TLS when TRAINFORGE_TLS_CA_FILE is set); an RPC
+    error inside the block is printed and exits 1."""
+    with _channel(server) as channel:
         try:
             yield RpcClient(stub_class(channel), api_key)
         except grpc.RpcError as err:

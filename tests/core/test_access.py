@@ -93,3 +93,38 @@ async def test_audit_log_refuses_ordinary_updates(pool):
     async with pool.connection() as conn:
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             await conn.execute("UPDATE audit_log SET outcome = 'x'")
+
+
+async def test_store_changes_commit_with_their_audit_record_or_not_at_all(pool, tmp_path):
+    from trainforge.core.access.audit import Actor, acting
+    from trainforge.core.errors import Unavailable
+    from trainforge.core.jobs.store import JobStore
+    from trainforge.core.registry.artifacts import ArtifactStore
+    from trainforge.core.registry.models import NewVersion
+    from trainforge.core.registry.store import RegistryStore
+
+    registry, jobs = RegistryStore(pool, ArtifactStore(tmp_path / "artifacts"), tmp_path), JobStore(pool)
+    log = AuditLog(pool)
+    await registry.register(NewVersion(name="no-actor", version="1"))  # a CLI or test: no record
+    assert await log.list() == []
+
+    actor = Actor("k1", "trainer", "rpc:Register", "req-1", "ipv4:192.0.2.1:9", lambda: "audited/1")
+    with acting(actor):
+        await registry.register(NewVersion(name="audited", version="1"))
+    [record] = await log.list()
+    assert (record.key_id, record.rpc, record.resource, record.outcome) == ("k1", "rpc:Register", "audited/1", "OK")
+    assert actor.committed == 1
+
+    async with pool.connection() as conn:  # the log refuses every record from here on
+        await conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN RAISE EXCEPTION 'no room'; END $$")
+        await conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION refuse()")
+    with acting(Actor("k1", "trainer", "rpc:Register", "req-2", "", lambda: "refused")):
+        with pytest.raises(Unavailable, match="audit"):
+            await registry.register(NewVersion(name="refused", version="1"))
+        with pytest.raises(Unavailable, match="audit"):
+            await jobs.create("refused", {"name": "refused"}, "k1", start=False)
+    async with pool.connection() as conn:
+        assert (await (await conn.execute("SELECT count(*) AS n FROM models WHERE name = 'refused'")).fetchone())["n"] == 0
+        assert (await (await conn.execute("SELECT count(*) AS n FROM jobs")).fetchone())["n"] == 0
+    assert (await log.verify()).ok

@@ -7,7 +7,11 @@ import json
 import urllib.request
 import uuid
 
+import psycopg
+from psycopg.rows import dict_row
+
 from tests.jobs.conftest import tiny_job, wait_for
+from tests.server.test_cli import invoke
 from tests.support import violations
 
 
@@ -55,7 +59,7 @@ def _stream_events(gateway_url: str, token: str, job_id: str, timeout: float = 1
     return events
 
 
-def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys):
+def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys, database_url):
     name = f"tiny-{uuid.uuid4().hex[:6]}"
     created = rest.post("/api/training/jobs?start=true", tiny_job(name, hyperparameters={"eval_steps": 3}))
     assert created.status == 200, created
@@ -82,6 +86,13 @@ def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys):
     assert version["lineage"]["base_model"] == "tiny-llama" and version["artifact_count"] >= 3
     assert "eval_loss" in version["performance_metrics"]
     assert rest.post(f"/api/training/models/{name}/versions/job-{job_id[:8]}/verify", {}).body["data"]["ok"]
+    # The worker's registration is audited in its transaction, as a change by the job's owner.
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        [record] = conn.execute("SELECT * FROM audit_log WHERE rpc = 'worker:RegisterJobVersion' AND resource = %s",
+                                (f"{name}/job-{job_id[:8]}",)).fetchall()
+    assert (record["key_id"], record["outcome"]) == (api_keys["admin"].split("_")[1], "OK")
+    assert record["request_id"].startswith(f"job-{job_id}-") and record["client"] == "worker:test-worker"
+    assert "rows verified" in invoke("audit", "verify", "--database-url", database_url).output
 
     stats = rest.get("/api/training/statistics").body["data"]
     assert int(stats["jobs_by_state"]["SUCCEEDED"]) >= 1 and stats["average_training_seconds"] > 0
