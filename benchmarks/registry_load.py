@@ -546,13 +546,56 @@ def create_api_key(dsn: str) -> str:
     return asyncio.run(make())
 
 
+def interleaved(plan: list[SeedVersion]) -> list[SeedVersion]:
+    """The plan in registration order: every model's first version, then every second one, ... A
+    model's versions keep their order, but each is registered between other models' versions, as
+    they are in use, so a summary that picked up another model's latest version shows."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for v in plan:
+        rank[v.name] = rank.get(v.name, -1) + 1
+        keyed.append((rank[v.name], len(keyed), v))
+    return [v for *_, v in sorted(keyed, key=lambda k: k[:2])]
+
+
+def check_model_summaries(stub: registry_pb2_grpc.RegistryServiceStub, plan: list[SeedVersion],
+                          aliases: dict[str, dict[str, str]], metadata: tuple = ()) -> None:
+    """Every seeded model's GetModel and ListModels summary is its own: `latest` is that model's
+    last registered version, `version_count` and `aliases` are its. Raises RuntimeError naming
+    every model that is wrong."""
+    expected: dict[str, tuple[str, int]] = {}
+    for v in interleaved(plan):
+        expected[v.name] = (v.version, expected.get(v.name, ("", 0))[1] + 1)
+    listed: dict[str, pb.Model] = {}
+    token = ""
+    while True:
+        page = stub.ListModels(pb.ListModelsRequest(page_size=100, page_token=token), metadata=metadata)
+        listed.update({m.name: m for m in page.data if m.name in expected})
+        token = page.next_page_token
+        if not token:
+            break
+    wrong = []
+    for name, (latest, count) in sorted(expected.items()):
+        got = stub.GetModel(pb.GetModelRequest(model_id=name), metadata=metadata).data
+        want = (name, latest, name, latest, count, aliases.get(name, {}))
+        for source, model in (("GetModel", got), ("ListModels", listed.get(name, pb.Model()))):
+            seen = (model.name, model.latest_version, model.latest.name, model.latest.version,
+                    model.version_count, dict(model.aliases))
+            if seen != want:
+                wrong.append(f"{source} {name}: (name, latest_version, latest.name, latest.version, "
+                             f"version_count, aliases) = {seen}, expected {want}")
+    if wrong:
+        raise RuntimeError(f"{len(wrong)} wrong model summaries after seeding:\n" + "\n".join(wrong[:20]))
+
+
 def seed_trainforge(port: int, token: str, plan: list[SeedVersion]) -> int:
-    """Registers the plan over gRPC, points `production` at each model's first version; returns how
-    many versions SEARCH_FILTER matches."""
+    """Registers the plan over gRPC (interleaved across models), points `production` at each
+    model's first version, checks every model's summary; returns how many versions SEARCH_FILTER
+    matches."""
     auth = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        for v in plan:
+        for v in interleaved(plan):
             stub.RegisterModel(pb.RegisterModelRequest(model_version={
                 "name": v.name, "version": v.version, "description": f"{v.name} {v.version}",
                 "model_type": v.model_type, "size_mb": 2048, "parameter_count": 355000000,
@@ -562,6 +605,7 @@ def seed_trainforge(port: int, token: str, plan: list[SeedVersion]) -> int:
         for name in sorted({v.name for v in plan}):
             stub.SetModelAlias(pb.SetModelAliasRequest(model_id=name, alias="production", version="1.0.0"),
                                metadata=auth)
+        check_model_summaries(stub, plan, {name: {"production": "1.0.0"} for name in {v.name for v in plan}}, auth)
         reply = stub.SearchModels(pb.SearchModelsRequest(filter=SEARCH_FILTER, page_size=PAGE_SIZE), metadata=auth)
         return reply.total_size
 

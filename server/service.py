@@ -249,7 +249,7 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
     # materialised once per data directory.
     return WorkerConfig(jobs_dir=settings.data_dir / "jobs", dsn=dsn, lease=lease,
                         heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
-                        model_cache=settings.data_dir / "model-cache",
+                        model_cache=settings.data_dir / "model-cache", data_root=settings.data_dir_root,
                         stop_checkpoint_seconds=settings.job_stop_checkpoint_seconds,
                         child_records=child_records(settings))
 

@@ -34,9 +34,11 @@ from trainforge.core.child_processes import ChildRecords, group_members, pid_ali
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
 from trainforge.core.jobs import models as m
+from trainforge.core.jobs.job_lineage import portable_path, portable_spec
 from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.resources import ProcessGroupSampler
 from trainforge.core.jobs.store import JobStore
+from trainforge.core.registry.architecture import read_architecture
 from trainforge.core.registry.models import Lineage, NewVersion, split_registry_ref
 from trainforge.core.registry.store import RegistryStore
 
@@ -54,6 +56,8 @@ class WorkerConfig:
     stop_grace_seconds: float = 8.0
     # Converted base models and materialised registry versions, shared by the jobs of this worker.
     model_cache: Path | None = None
+    # The training data root: registered lineage names data files relative to it (job_lineage).
+    data_root: Path | None = None
     # On shutdown, how long a job may take to reach its next step boundary and write a checkpoint
     # before it is stopped anyway (0: stop at once; it resumes from its last periodic checkpoint).
     stop_checkpoint_seconds: float = 60.0
@@ -279,16 +283,19 @@ class Worker:
     async def _register(self, job: m.Job, output_dir: Path) -> str:
         result = json.loads((output_dir / "result.json").read_text())
         spec = job.spec
+        roots = {"data_root": self.config.data_root, "models_root": self.registry.models_root}
         new = NewVersion(
             name=spec["name"], version=result_version(job.job_id),
-            description=f"fine-tuned by job {job.job_id} from {spec.get('model', '')}",
+            description=f"fine-tuned by job {job.job_id} from {portable_path(spec.get('model', ''), **roots)}",
             model_type=spec.get("model_type") or "fine_tuned",
             parameter_count=int(result.get("parameter_count", 0)),
+            architecture=read_architecture(output_dir / "model"),
             performance_metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()
                                  if k not in RUN_STATE_METRICS},
             tags=tuple(spec.get("tags") or ()),
-            lineage=Lineage(base_model=spec.get("model", ""), dataset_digest=result.get("dataset_sha256", ""),
-                            job_id=job.job_id, config=spec),
+            lineage=Lineage(base_model=portable_path(spec.get("model", ""), **roots),
+                            dataset_digest=result.get("dataset_sha256", ""),
+                            job_id=job.job_id, config=portable_spec(spec, **roots)),
             changelog=f"trained by job {job.job_id}")
         # Audited like an API call, in the registration's transaction, as the job owner's change.
         actor = Actor(job.owner_key_id, "worker", "worker:RegisterJobVersion", f"job-{job.job_id}-{job.attempt}",

@@ -4,11 +4,14 @@ the sha256 of its sorted `path<TAB>sha256<TAB>size` lines, so equal trees get eq
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -43,22 +46,31 @@ class ArtifactStore:
         return self.root / "sha256" / sha256[:2] / sha256[2:]
 
     # -- writing -----------------------------------------------------------------------------
+    # Writing is two steps: a file is hashed into tmp/ (`stage_*`), then moved under its digest
+    # (`publish`). The registry store publishes inside the transaction that references the blobs,
+    # holding a shared lock per digest, so the collector (exclusive lock, references re-read under
+    # it) can never unlink a blob between its publication and the commit that references it.
     def put_file(self, source: Path) -> tuple[str, int]:
         """Copy one file in, hashing as it streams; returns (sha256, size)."""
-        with open(source, "rb") as reader:
-            return self._put(iter(lambda: reader.read(CHUNK), b""))
+        writer = self.stage_file(source)
+        writer.publish()
+        return writer.sha256, writer.size
+
+    def stage_file(self, source: Path) -> BlobWriter:
+        """One file hashed into tmp/, not yet published."""
+        writer = self.writer()
+        try:
+            with open(source, "rb") as reader:
+                while chunk := reader.read(CHUNK):
+                    writer.write(chunk)
+            writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+        return writer
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
-
-    def _put(self, chunks: Iterator[bytes]) -> tuple[str, int]:
-        writer = self.writer()
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-            return writer.commit()
-        finally:
-            writer.discard()
 
     def collect_tree(self, folder: Path) -> list[tuple[str, Path]]:
         """(relative path, real path) of every regular file under `folder`, refusing links that
@@ -85,12 +97,22 @@ class ArtifactStore:
             raise InvalidArgument.one("source", "the folder holds no files")
         return sorted(found)
 
+    def stage_tree(self, folder: Path) -> StagedFiles:
+        """Every regular file under `folder` hashed into tmp/ (see collect_tree), not yet published."""
+        staged = StagedFiles()
+        try:
+            for rel, real in self.collect_tree(folder):
+                writer = self.stage_file(real)
+                staged.add(ArtifactFile(path=rel, size_bytes=writer.size, sha256=writer.sha256), writer)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
     def put_tree(self, folder: Path) -> list[ArtifactFile]:
-        files = []
-        for rel, real in self.collect_tree(folder):
-            sha, size = self.put_file(real)
-            files.append(ArtifactFile(path=rel, size_bytes=size, sha256=sha))
-        return files
+        staged = self.stage_tree(folder)
+        staged.publish()
+        return staged.files
 
     # -- reading -----------------------------------------------------------------------------
     def matches(self, sha256: str) -> bool | None:
@@ -117,12 +139,46 @@ class ArtifactStore:
                 offset += len(chunk)
 
     def materialize(self, manifest: Manifest, cache_root: Path) -> Path:
+        """The manifest's files as a folder `cache_root/<manifest digest>`, every file checked
+        against its sha256 on each call.
+
+        Callers in any thread or process of this machine agree through a lock file per digest
+        (`.locks/<digest>.lock`, fcntl): checks share it, a build holds it alone, so the callers
+        that race the first materialisation wait for one build and all get its folder. A folder
+        that no longer matches (edited in place) is never deleted, since a running job or
+        evaluation may be reading it: it is renamed to `.retired/<digest>-...` and a fresh copy
+        from the verified store takes its name. Retired folders are left to the operator."""
         target = cache_root / manifest.manifest_digest
-        if target.is_dir():
-            if all(_file_sha256(target / f.path) == f.sha256 for f in manifest.files):
+        locks = cache_root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = locks / f"{manifest.manifest_digest}.lock"
+        with _flock(lock, fcntl.LOCK_SH):
+            if _intact(target, manifest):
                 return target
-            shutil.rmtree(target)  # edited in place since: rebuild from the verified store
-        cache_root.mkdir(parents=True, exist_ok=True)
+        with _flock(lock, fcntl.LOCK_EX):
+            if _intact(target, manifest):  # built by the caller this one waited for
+                return target
+            fresh = self._build(manifest, cache_root)
+            try:
+                if target.exists() or target.is_symlink():
+                    retired = cache_root / ".retired" / f"{target.name}-{time.time_ns()}-{os.getpid()}"
+                    retired.parent.mkdir(exist_ok=True)
+                    os.rename(target, retired)
+                os.rename(fresh, target)
+            except OSError:
+                shutil.rmtree(fresh, ignore_errors=True)
+                # A builder that does not take the lock (another machine sharing the folder)
+                # put its copy there first: its folder is as good as this one.
+                if _intact(target, manifest):
+                    return target
+                raise
+            except BaseException:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise
+        return target
+
+    def _build(self, manifest: Manifest, cache_root: Path) -> Path:
+        """A new folder beside the target holding verified copies of the manifest's files."""
         staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".staging-"))
         try:
             for f in manifest.files:
@@ -134,19 +190,44 @@ class ArtifactStore:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 # A copy, not a hard link: editing the loaded folder must never alter the store.
                 shutil.copyfile(self.blob_path(f.sha256), destination)
-            os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return target
+        return staging
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "sha256").rglob("*") if p.is_file())
 
 
+class StagedFiles:
+    """A version's files hashed into the store's tmp/ folder, waiting to be published together."""
+
+    def __init__(self) -> None:
+        self.files: list[ArtifactFile] = []
+        self._writers: list[BlobWriter] = []
+
+    def add(self, artifact: ArtifactFile, writer: BlobWriter) -> None:
+        self.files.append(artifact)
+        self._writers.append(writer)
+
+    @property
+    def shas(self) -> set[str]:
+        return {f.sha256 for f in self.files}
+
+    def publish(self) -> None:
+        for writer in self._writers:
+            writer.publish()
+
+    def discard(self) -> None:
+        """Removes what was not published; published blobs are the collector's business."""
+        for writer in self._writers:
+            writer.discard()
+
+
 class BlobWriter:
-    """Streams bytes into a temporary file while hashing, then moves it under its digest. The
-    rename is atomic, so a reader never sees half a blob, and writing an existing blob is a no-op."""
+    """Streams bytes into a temporary file while hashing (`finish`), then moves it under its
+    digest (`publish`). The rename is atomic, so a reader never sees half a blob, and publishing an
+    existing blob replaces it with identical bytes."""
 
     def __init__(self, store: ArtifactStore):
         self._store = store
@@ -155,26 +236,58 @@ class BlobWriter:
         self._tmp = Path(name)
         self._digest = hashlib.sha256()
         self.size = 0
+        self.sha256 = ""
+        self.published = False
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self._digest.update(data)
         self.size += len(data)
 
-    def commit(self) -> tuple[str, int]:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        sha = self._digest.hexdigest()
-        target = self._store.blob_path(sha)
+    def finish(self) -> tuple[str, int]:
+        """Flushes the bytes to disk and names their digest; returns (sha256, size)."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.sha256 = self._digest.hexdigest()
+        return self.sha256, self.size
+
+    def publish(self) -> None:
+        self.finish()
+        if self.published:
+            return
+        target = self._store.blob_path(self.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._tmp, target)
-        return sha, self.size
+        self.published = True
+
+    def commit(self) -> tuple[str, int]:
+        """finish, then publish at once (for blobs no transaction has to reference)."""
+        self.publish()
+        return self.sha256, self.size
 
     def discard(self) -> None:
         if not self._file.closed:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        if not self.published:
+            self._tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    """An fcntl lock on `path` (created if missing, never removed: removing a lock file lets two
+    holders lock different files under one name)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _intact(folder: Path, manifest: Manifest) -> bool:
+    return folder.is_dir() and all(_file_sha256(folder / f.path) == f.sha256 for f in manifest.files)
 
 
 def _file_sha256(path: Path) -> str:

@@ -4,6 +4,7 @@ concurrency are left to the database (unique constraints, guarded UPDATEs, row l
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import re
@@ -31,7 +32,7 @@ from trainforge.core.errors import (
 from trainforge.core.paths import confine
 from trainforge.core.registry import usage as usage_hist
 from trainforge.core.registry import validation as check
-from trainforge.core.registry.artifacts import ArtifactStore, check_relative_path, manifest_digest
+from trainforge.core.registry.artifacts import ArtifactStore, StagedFiles, check_relative_path, manifest_digest
 from trainforge.core.registry.filters import compile_filter
 from trainforge.core.registry.models import (
     Architecture,
@@ -60,15 +61,31 @@ MODEL_UPDATABLE = ("description", "tags")
 VERSION_UPDATABLE = ("description", "tags", "performance_metrics", "changelog")
 MAX_COMPARE = 16
 MAX_LATENCY_SAMPLES = 10_000
+# First key of the two-key advisory locks on blobs ("blob" as a big-endian int32); the second is the
+# blob's folder in the store (the digest's first byte, see _blob_lock_key). Two-key locks never
+# conflict with the one-key locks of jobs and bootstrap.
+BLOB_LOCK_SPACE = 0x626C6F62
 
-_VERSION_SELECT = f"""
-SELECT v.*, m.name,
+log = logging.getLogger(__name__)
+
+
+def _version_select(models_alias: str) -> str:
+    """A version row with its model's name, aliases and deployed flag. The models table is named
+    `models_alias` so that a query embedding this one (a LATERAL join) can keep its own `m`: with
+    the same alias inside, `v.model_id = m.id` would compare the inner row with itself."""
+    live = ", ".join(f"'{s}'" for s in LIVE_DEPLOYMENT_STATES)
+    return f"""
+SELECT v.*, {models_alias}.name,
        COALESCE((SELECT array_agg(a.alias ORDER BY a.alias) FROM model_aliases a
                  WHERE a.version_id = v.id), '{{}}') AS aliases,
        EXISTS (SELECT 1 FROM deployments d WHERE d.model_version_id = v.id
-               AND d.state IN ({", ".join(f"'{s}'" for s in LIVE_DEPLOYMENT_STATES)})) AS deployed
-FROM model_versions v JOIN models m ON m.id = v.model_id
+               AND d.state IN ({live})) AS deployed
+FROM model_versions v JOIN models {models_alias} ON {models_alias}.id = v.model_id
 """
+
+
+# Top-level version queries (filters and order-by name `m.name`).
+_VERSION_SELECT = _version_select("m")
 
 _ORDER_FIELDS = {
     "create_time": "v.create_time",
@@ -88,13 +105,22 @@ SELECT m.*,
        (SELECT count(*) FROM model_versions c WHERE c.model_id = m.id) AS version_count,
        to_jsonb(lv) AS latest
 FROM models m
-LEFT JOIN LATERAL ({_VERSION_SELECT} WHERE v.model_id = m.id ORDER BY v.create_time DESC, v.id DESC LIMIT 1) lv
+LEFT JOIN LATERAL ({_version_select("lm")} WHERE v.model_id = m.id ORDER BY v.create_time DESC, v.id DESC LIMIT 1) lv
   ON true
 """
 
 
 def _etag() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def _blob_lock_key(sha256: str) -> int:
+    """One lock per blob folder (`sha256/<first byte>/`, 256 of them), not per digest: a version
+    may hold 10,000 files, and per-digest locks would take 10,000 entries of PostgreSQL's lock
+    table (max_locks_per_transaction 64 x max_connections: 6,400 by default) in one transaction.
+    Digests in one folder share the lock; a collector waits at most for the registers that
+    publish into the same folders, a register for one collector's unlinks."""
+    return int(sha256[:2], 16)
 
 
 def _is_uuid(value: str) -> bool:
@@ -230,16 +256,16 @@ class RegistryStore:
         """Registers `new`. Its artifacts come from `new.source`, a user path confined to the models
         root, or from `artifacts_dir`, a folder trainforge itself wrote (a job's output)."""
         check.check_new_version(new)
-        files: list[ArtifactFile] = []
+        staged = StagedFiles()
         source = ""
         folder = artifacts_dir
         if folder is None and new.source:
             folder = confine(self.models_root, new.source, "source", kind="dir")
         if folder is not None:
-            # Blobs are content-addressed, so copying them before the transaction can only leave an
-            # unreferenced blob behind on failure, never a half-registered version.
-            files = await asyncio.to_thread(self.artifacts.put_tree, folder)
+            # Hashed into tmp/ before the transaction (the slow part), published inside it.
+            staged = await asyncio.to_thread(self.artifacts.stage_tree, folder)
             source = str(folder)
+        files = staged.files
         version_id = uuid.uuid4()
         total = sum(f.size_bytes for f in files)
         try:
@@ -263,15 +289,50 @@ class RegistryStore:
                         manifest_digest(files) if files else "", len(files), total, _etag(),
                     ),
                 )
+                await self._publish(conn, staged)
                 await self._insert_artifacts(conn, version_id, files)
         except psycopg.errors.UniqueViolation:
+            await self._abandon(staged)
             raise AlreadyExists(
                 f"model {new.name!r} already has a version {new.version!r}",
                 metadata={"model": new.name, "version": new.version},
             ) from None
+        except BaseException:
+            await self._abandon(staged)
+            raise
         async with self.pool.connection() as conn:
             cur = await conn.execute(_VERSION_SELECT + " WHERE v.id = %s", (version_id,))
             return _version_from_row(await cur.fetchone())
+
+    # -- blobs: publication and collection ---------------------------------------------------
+    # A blob may be shared by any number of versions, and a register of identical content can run
+    # beside a delete of its last other reference. Both sides lock the blob's digest (a
+    # transaction-scoped advisory lock): register holds it shared from publishing the blob until
+    # the commit that references it; the collector holds it exclusive while it re-reads the
+    # references and unlinks. Either the collector runs first (the register re-publishes the bytes
+    # it staged) or it waits for the commit and sees the new reference. docs/decisions.md.
+    async def _lock_blobs(self, conn: psycopg.AsyncConnection, shas: Iterable[str], *, exclusive: bool) -> None:
+        keys = sorted({_blob_lock_key(sha) for sha in shas})  # one order everywhere: no deadlock
+        if keys:
+            fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            # unnest keeps the array's order, so the locks are taken in sorted order.
+            await conn.execute(f"SELECT {fn}({BLOB_LOCK_SPACE}, k) FROM unnest(%s::int[]) AS k", (keys,))
+
+    async def _publish(self, conn: psycopg.AsyncConnection, staged: StagedFiles) -> None:
+        """Inside the transaction that inserts the references: the blobs under their digests."""
+        if staged.files:
+            await self._lock_blobs(conn, staged.shas, exclusive=False)
+            await asyncio.to_thread(staged.publish)
+
+    async def _abandon(self, staged: StagedFiles) -> None:
+        """After a failed transaction: the staged files go, and published blobs nothing else
+        references are collected."""
+        await asyncio.to_thread(staged.discard)
+        if staged.files:
+            try:
+                await self._collect_garbage(staged.shas)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                log.warning("could not collect the blobs of a failed registration", exc_info=True)
 
     async def _insert_artifacts(self, conn: psycopg.AsyncConnection, version_id: Any, files: list[ArtifactFile]) -> None:
         if files:
@@ -387,14 +448,18 @@ class RegistryStore:
         return {r["sha256"] for r in await cur.fetchall()}
 
     async def _collect_garbage(self, shas: set[str]) -> None:
-        """Remove blobs no remaining version references (they may be shared between versions)."""
+        """Remove blobs no remaining version references (they may be shared between versions).
+        The references are read under each blob's exclusive lock, in the transaction that unlinks
+        (see _lock_blobs): a registration that published one of them has committed by then."""
         if not shas:
             return
-        async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._lock_blobs(conn, shas, exclusive=True)
+            # A statement after the lock: its snapshot includes every commit the lock waited for.
             cur = await conn.execute("SELECT DISTINCT sha256 FROM artifacts WHERE sha256 = ANY(%s)", (list(shas),))
             still_used = {r["sha256"] for r in await cur.fetchall()}
-        for sha in shas - still_used:
-            self.artifacts.blob_path(sha).unlink(missing_ok=True)
+            unused = shas - still_used
+            await asyncio.to_thread(lambda: [self.artifacts.blob_path(sha).unlink(missing_ok=True) for sha in unused])
 
     # -- versions ----------------------------------------------------------------------------
     async def list_versions(self, ref: str, page_size: int, page_token: str) -> Page:
@@ -612,29 +677,37 @@ class RegistryStore:
         if current.artifact_count:
             raise FailedPrecondition(f"version {current.version!r} of {ref!r} already has artifacts",
                                      reason="ARTIFACTS_PRESENT")
-        files = await asyncio.to_thread(self.artifacts.put_tree, folder)
-        return await self._commit_artifacts(current, files, str(folder))
+        staged = await asyncio.to_thread(self.artifacts.stage_tree, folder)
+        return await self._commit_artifacts(current, staged, str(folder))
 
-    async def _commit_artifacts(self, current: ModelVersion, files: list[ArtifactFile], source: str) -> Manifest:
+    async def _commit_artifacts(self, current: ModelVersion, staged: StagedFiles, source: str) -> Manifest:
+        files = staged.files
         digest = manifest_digest(files)
         total = sum(f.size_bytes for f in files)
-        async with self.pool.connection() as conn, audited_transaction(conn):
-            cur = await conn.execute(
-                "UPDATE model_versions SET manifest_digest = %s, artifact_count = %s, artifact_bytes = %s, "
-                "size_mb = %s, source = %s, etag = %s, update_time = now() "
-                "WHERE id = %s AND artifact_count = 0 RETURNING id",
-                (digest, len(files), total, round(total / 2**20, 3), source, _etag(), current.model_version_id),
-            )
-            if await cur.fetchone() is None:
-                raise FailedPrecondition(f"version {current.version!r} of {current.name!r} already has artifacts",
-                                         reason="ARTIFACTS_PRESENT")
-            await self._insert_artifacts(conn, current.model_version_id, files)
+        try:
+            async with self.pool.connection() as conn, audited_transaction(conn):
+                cur = await conn.execute(
+                    "UPDATE model_versions SET manifest_digest = %s, artifact_count = %s, artifact_bytes = %s, "
+                    "size_mb = %s, source = %s, etag = %s, update_time = now() "
+                    "WHERE id = %s AND artifact_count = 0 RETURNING id",
+                    (digest, len(files), total, round(total / 2**20, 3), source, _etag(), current.model_version_id),
+                )
+                if await cur.fetchone() is None:
+                    raise FailedPrecondition(f"version {current.version!r} of {current.name!r} already has artifacts",
+                                             reason="ARTIFACTS_PRESENT")
+                await self._publish(conn, staged)
+                await self._insert_artifacts(conn, current.model_version_id, files)
+        except BaseException:
+            await self._abandon(staged)
+            raise
         return Manifest(current.model_version_id, digest, tuple(sorted(files, key=lambda f: f.path)), total)
 
     async def upload_artifacts(self, chunks: AsyncIterator[tuple[str, str, str, bytes]]) -> Manifest:
-        """chunks: (model_ref, version, path, data) tuples; ref and version read from the first."""
+        """chunks: (model_ref, version, path, data) tuples; ref and version read from the first.
+        Each file is hashed into tmp/ as it arrives and published with the version's rows."""
         current: ModelVersion | None = None
-        files: dict[str, ArtifactFile] = {}
+        staged = StagedFiles()
+        paths: set[str] = set()
         writer, path = None, ""
         try:
             async for ref, version, chunk_path, data in chunks:
@@ -645,10 +718,12 @@ class RegistryStore:
                                                  reason="ARTIFACTS_PRESENT")
                 if chunk_path and chunk_path != path:
                     if writer is not None:
-                        files[path] = ArtifactFile(path, *reversed(writer.commit()))
+                        staged.add(ArtifactFile(path, *reversed(writer.finish())), writer)
+                        writer = None
                     check_relative_path(chunk_path)
-                    if chunk_path in files:
+                    if chunk_path in paths:
                         raise InvalidArgument.one("path", f"{chunk_path!r} was already sent; send each file's chunks together")
+                    paths.add(chunk_path)
                     writer, path = self.artifacts.writer(), chunk_path
                 if data:
                     if writer is None:
@@ -657,15 +732,16 @@ class RegistryStore:
             if current is None:
                 raise InvalidArgument.one("model_id", "the stream was empty")
             if writer is not None:
-                sha, size = writer.commit()
-                files[path] = ArtifactFile(path, size, sha)
+                staged.add(ArtifactFile(path, *reversed(writer.finish())), writer)
                 writer = None
-        finally:
+        except BaseException:
             if writer is not None:
                 writer.discard()
-        if not files:
+            staged.discard()
+            raise
+        if not staged.files:
             raise InvalidArgument.one("path", "no file was sent")
-        return await self._commit_artifacts(current, list(files.values()), "upload")
+        return await self._commit_artifacts(current, staged, "upload")
 
     async def manifest(self, ref: str, version: str) -> Manifest:
         current = await self.get_version(ref, version)

@@ -99,8 +99,9 @@ def test_gate_refuses_and_registers_nothing_unless_forced(rest, settings, hostil
     shutil.copytree(hostile_source, settings.models_dir / name)
     data_file = settings.data_dir_root / f"{name}.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in qa_rows(repeat=1)))
+    # Named relative to the data root, as a job's registered lineage names it.
     lineage = {"base_model": "tiny-llama", "config": {
-        "resolved": {"data_path": str(data_file)}, "training_data": {"format": "jsonl", "validation_split": 0.0},
+        "resolved": {"data_path": data_file.name}, "training_data": {"format": "jsonl", "validation_split": 0.0},
         "hyperparameters": {"seed": 3}}}
     registered = rest.post("/api/training/models", {"name": name, "version": "2.0", "model_type": "fine_tuned",
                                                     "source": name, "lineage": lineage})

@@ -65,6 +65,7 @@ class BackgroundWorker:
             config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
                                   poll_seconds=0.2, model_cache=default_cache_dir(),
+                                  data_root=self.settings.data_dir_root,
                                   stop_checkpoint_seconds=self.stop_checkpoint_seconds)
             await Worker(self.jobs_class(pool), registry, config, worker_id=self.worker_id).run(self._stop)
         finally:

@@ -59,7 +59,15 @@ def _stream_events(gateway_url: str, token: str, job_id: str, timeout: float = 1
     return events
 
 
-def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys, database_url):
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys, database_url, settings):
     name = f"tiny-{uuid.uuid4().hex[:6]}"
     created = rest.post("/api/training/jobs?start=true", tiny_job(name, hyperparameters={"eval_steps": 3}))
     assert created.status == 200, created
@@ -93,6 +101,18 @@ def test_tiny_job_trains_streams_and_registers(rest, worker, gateway, api_keys, 
     assert (record["key_id"], record["outcome"]) == (api_keys["admin"].split("_")[1], "OK")
     assert record["request_id"].startswith(f"job-{job_id}-") and record["client"] == "worker:test-worker"
     assert "rows verified" in invoke("audit", "verify", "--database-url", database_url).output
+    # The version describes the model it holds: the tiny model's own config.json.
+    tiny = json.loads((settings.models_dir / "tiny-llama" / "config.json").read_text())
+    assert version["architecture"] == {
+        "model_family": tiny["model_type"], "layers": tiny["num_hidden_layers"], "hidden_size": tiny["hidden_size"],
+        "attention_heads": tiny["num_attention_heads"], "vocab_size": tiny["vocab_size"],
+        "max_sequence_length": tiny["max_position_embeddings"]}, version["architecture"]
+    # Lineage names files relative to their roots, never by server path.
+    lineage = version["lineage"]
+    leaked = [s for s in _strings(lineage) if s.startswith("/") or str(settings.data_dir) in s]
+    assert not leaked, leaked
+    assert lineage["config"]["training_data"]["path"] == lineage["config"]["resolved"]["data_path"] == "qa.jsonl"
+    assert lineage["config"]["resolved"]["model_path"] == "tiny-llama"
 
     stats = rest.get("/api/training/statistics").body["data"]
     assert int(stats["jobs_by_state"]["SUCCEEDED"]) >= 1 and stats["average_training_seconds"] > 0
