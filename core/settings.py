@@ -75,6 +75,8 @@ class Settings(BaseModel):
     models_root: Path = Path("models")
     data_root: Path = Path("training-data")
     artifacts_root: Path = Path("artifacts")
+    # Files a job spec may name besides its data: `distributed.hostfile` is read from under here.
+    configs_root: Path = Path("configs")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     db_pool_min: int = Field(2, ge=1, le=64)
     db_pool_max: int = Field(16, ge=1, le=512)
@@ -95,12 +97,23 @@ class Settings(BaseModel):
     job_stop_checkpoint_seconds: float = Field(60.0, ge=0, le=3600)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
+    # GPUs this process's workers hand out, one set per job (core.jobs.devices): "auto" reads
+    # CUDA_VISIBLE_DEVICES, else counts the GPUs through NVML; "none" runs every job on the CPU;
+    # or a list such as "0,1,2,3".
+    gpus: str = Field("auto", pattern=r"^(auto|none|[A-Za-z0-9:_-]+(,[A-Za-z0-9:_-]+)*)$")
     # TLS on the REST gateway's listener and the gRPC port: a PEM certificate chain and its key
     # (both or neither; relative paths are under data_dir). Empty: plaintext.
     tls_cert_file: str = Field("", validate_default=True)
     tls_key_file: str = Field("", validate_default=True)
     # With a CA file, clients must present a certificate it signed (mutual TLS).
     tls_client_ca_file: str = Field("", validate_default=True)
+    # Backups `serve` takes on its own (pg_dump plus referenced artifacts, trainforge.core.backup):
+    # every this many hours; 0 switches them off.
+    backup_interval_hours: float = Field(0.0, ge=0.0, le=24 * 366)
+    # Where they are written; a relative path is under data_dir.
+    backup_dir: Path = Path("backups")
+    # How many to keep: after each backup the older ones are deleted.
+    backup_keep: int = Field(7, ge=1, le=100_000)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -219,8 +232,21 @@ class Settings(BaseModel):
     def artifacts_dir(self) -> Path:
         return self.resolve(self.artifacts_root)
 
+    @property
+    def configs_dir(self) -> Path:
+        return self.resolve(self.configs_root)
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.resolve(self.backup_dir)
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Each job's working folder (config, logs, checkpoints): data_dir/jobs/<job id>."""
+        return self.data_dir / "jobs"
+
     def ensure_dirs(self) -> None:
-        for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir):
+        for path in (self.data_dir, self.models_dir, self.data_dir_root, self.artifacts_dir, self.configs_dir):
             path.mkdir(parents=True, exist_ok=True)
 
 

@@ -34,6 +34,8 @@ RULES: dict[str, Rule] = {
     _T + "WatchJob": _r("viewer", "job_id"),
     _T + "ListJobEvents": _r("viewer", "job_id"),
     _T + "ListJobCheckpoints": _r("viewer", "job_id"),
+    # Trainers only for their own jobs (checked by the servicer against the job's owner key).
+    _T + "DeleteJobFiles": _r("trainer", "job_id", mutating=True),
     _T + "GenerateSyntheticData": _r("trainer", "output_path", mutating=True),
     _T + "EvaluateModel": _r("trainer", "model_name", "version", mutating=True),
     _T + "GetTrainingStatistics": _r("viewer"),

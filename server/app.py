@@ -21,6 +21,7 @@ from trainforge.core.access.keys import KeyStore
 from trainforge.core.compression.compress_version import VersionCompressor
 from trainforge.core.db.pool import open_pool
 from trainforge.core.jobs.evaluation import ModelEvaluator
+from trainforge.core.jobs.job_files import JobFiles
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.artifacts import ArtifactStore
@@ -74,7 +75,7 @@ async def open_deps(settings: Settings, dsn: str) -> Deps:
     return Deps(pool=pool, registry=registry, keys=keys, audit=audit, authorizer=authorizer,
                 jobs=JobStore(pool, max_active_per_key=settings.max_active_jobs_per_key), broker=broker,
                 preparer=JobSpecPreparer(settings.data_dir_root, settings.models_dir, settings.max_dataset_bytes,
-                                         registry))
+                                         registry, config_root=settings.configs_dir))
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -98,7 +99,8 @@ async def create_server(settings: Settings, deps: Deps, *, gateway_port: int | N
     )
     evaluator = ModelEvaluator(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry")
     training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, evaluator, started=time.monotonic()),
+        TrainingService(deps.registry, deps.jobs, deps.broker, deps.preparer, evaluator, started=time.monotonic(),
+                        job_files=JobFiles(deps.pool, settings.jobs_dir)),
         server)
     compressor = VersionCompressor(deps.registry, settings.data_dir_root, settings.data_dir / "model-cache" / "registry",
                                    settings.data_dir / "compression")

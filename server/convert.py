@@ -190,3 +190,13 @@ def checkpoint(c) -> training_pb2.Checkpoint:
     return training_pb2.Checkpoint(job_id=c.job_id, step=c.step, epoch=c.epoch, path=c.path, size_bytes=c.size_bytes,
                                    metrics={k: float(v) for k, v in c.metrics.items()}, is_best=c.is_best,
                                    create_time=timestamp(c.create_time))
+
+
+def workers_health(r) -> training_pb2.WorkersHealth:
+    """core.jobs.worker_heartbeats.WorkersReport -> WorkersHealth."""
+    return training_pb2.WorkersHealth(
+        live_workers=len(r.live), queued_jobs=r.queued_jobs, oldest_queued_seconds=r.oldest_queued_seconds,
+        processes=[training_pb2.WorkerProcess(
+            worker_id=w.worker_id, host=w.host, pid=w.pid, start_time=timestamp(w.start_time),
+            last_seen_time=timestamp(w.last_seen), concurrency=w.concurrency, running_jobs=w.running_jobs,
+            gpus=list(w.gpus)) for w in r.live])

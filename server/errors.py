@@ -1,14 +1,18 @@
 """The one place where domain errors become gRPC statuses. Each status carries a
 google.rpc.ErrorInfo (reason, domain, metadata) and, for bad input, a google.rpc.BadRequest listing
-every field violation. Anything unexpected becomes INTERNAL with no detail beyond a request id:
-tracebacks go to the log, never to the client."""
+every field violation. A lost database connection (PostgreSQL restarting, a backend terminated, no
+connection in time) is UNAVAILABLE: the call can be retried, and the pool replaces the connection.
+Anything else unexpected becomes INTERNAL with no detail beyond a request id: tracebacks go to the
+log, never to the client."""
 
 from __future__ import annotations
 
 import grpc
+import psycopg
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from psycopg_pool import PoolClosed
 
 from trainforge.core import errors
 
@@ -31,7 +35,14 @@ ERROR_CODES: dict[type[errors.TrainforgeError], grpc.StatusCode] = {
 }
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """A connection-level failure. A closed pool is not one: that is the server shutting down or a bug."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, PoolClosed)
+
+
 def code_for(exc: BaseException) -> grpc.StatusCode:
+    if database_unavailable(exc):
+        return grpc.StatusCode.UNAVAILABLE
     for cls in type(exc).__mro__:
         if cls in ERROR_CODES:
             return ERROR_CODES[cls]
@@ -48,6 +59,8 @@ def to_status(exc: BaseException, request_id: str = "") -> grpc.Status:
     code = code_for(exc)
     if isinstance(exc, errors.TrainforgeError):
         message, reason, metadata = exc.message, exc.reason, dict(exc.metadata)
+    elif database_unavailable(exc):
+        message, reason, metadata = "the database is unavailable; retry", "DATABASE_UNAVAILABLE", {}
     else:
         message, reason, metadata = "internal error; the server log has the details", "INTERNAL", {}
     if request_id:

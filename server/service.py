@@ -1,8 +1,8 @@
 """The whole service as one unit: database (the embedded cluster or DATABASE_URL), migrations, the
-gRPC server, the Envoy gateway, the Prometheus endpoint and the in-process training workers,
-started in that order and stopped in the reverse one. `trainforge serve` runs it until a signal;
-`trainforge demo` runs it around a scripted REST session. Both go through `Service.run`, so the
-demo exercises what serve starts.
+gRPC server, the Envoy gateway, the Prometheus endpoint, the in-process training workers and the
+backup schedule (when backup_interval_hours is set), started in that order and stopped in the
+reverse one. `trainforge serve` runs it until a signal; `trainforge demo` runs it around a
+scripted REST session. Both go through `Service.run`, so the demo exercises what serve starts.
 
 Also here, for the commands that use the database without serving (`db upgrade`, `keys`, `audit`,
 `worker`): `open_database`, which finds the database the same way `Service.run` does."""
@@ -14,7 +14,7 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,12 +27,15 @@ from grpc import aio
 from psycopg import conninfo
 
 from trainforge.core.access.keys import KeyStore
+from trainforge.core.backup.schedule import BackupSchedule
 from trainforge.core.child_processes import ChildRecords
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
 from trainforge.core.errors import FailedPrecondition, Unavailable
+from trainforge.core.jobs.devices import DeviceAllocator, visible_gpus
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
+from trainforge.core.jobs.worker_heartbeats import WorkerDirectory, WorkerHeartbeat
 from trainforge.core.registry.store import RegistryStore
 from trainforge.core.settings import Settings, is_loopback
 from trainforge.server.api_processes import ApiProcessPool, free_loopback_port
@@ -247,7 +250,7 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
     # Three heartbeats per lease, so one slow heartbeat never lets a live job's lease lapse.
     # model_cache: the folder the server's evaluator uses too (server.app), so a base model is
     # materialised once per data directory.
-    return WorkerConfig(jobs_dir=settings.data_dir / "jobs", dsn=dsn, lease=lease,
+    return WorkerConfig(jobs_dir=settings.jobs_dir, dsn=dsn, lease=lease,
                         heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
                         model_cache=settings.data_dir / "model-cache", data_root=settings.data_dir_root,
                         stop_checkpoint_seconds=settings.job_stop_checkpoint_seconds,
@@ -256,19 +259,30 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
 
 class WorkerGroup:
     """Training workers (trainforge.core.jobs.worker) as asyncio tasks of this process, sharing one
-    stop event. `serve` runs `settings.workers` of them next to the gRPC server; `trainforge
-    worker` runs them alone. A worker whose loop fails (the database went away) is restarted after
-    a pause rather than leaving the group a worker short."""
+    stop event and one GPU allocator (each job gets GPUs of its own). `serve` runs
+    `settings.workers` of them next to the gRPC server; `trainforge worker` runs them alone. A
+    worker whose loop fails (the database went away) is restarted after a pause rather than leaving
+    the group a worker short. The group heartbeats to the `workers` table, idle or busy, so health
+    can tell that someone serves the queue; it removes its row when it stops.
 
-    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int):
+    `gpus`: the GPUs to hand out (settings.gpus through core.jobs.devices.visible_gpus); None finds
+    them (CUDA_VISIBLE_DEVICES, else NVML). `heartbeat`: False only for a group without a database."""
+
+    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int,
+                 gpus: Sequence[str] | None = None, *, heartbeat: bool = True):
         self.config = config
-        self.workers = [Worker(jobs, registry, config) for _ in range(count)]
+        self.devices = DeviceAllocator(visible_gpus() if gpus is None else gpus)
+        self.workers = [Worker(jobs, registry, config, devices=self.devices) for _ in range(count)]
+        self.heartbeat = WorkerHeartbeat(WorkerDirectory(jobs.pool), concurrency=count, gpus=self.devices.gpus,
+                                         worker_ids=[w.worker_id for w in self.workers]) if heartbeat else None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._supervise(w), name=f"trainforge-worker-{i}")
                        for i, w in enumerate(self.workers)]
+        if self.heartbeat is not None:
+            self._tasks.append(asyncio.create_task(self.heartbeat.run(self._stop), name="trainforge-worker-heartbeat"))
 
     async def _supervise(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -392,9 +406,15 @@ class Service:
 
             if settings.workers:
                 workers = WorkerGroup(JobStore(deps.pool), deps.registry, worker_config(settings, dsn),
-                                      settings.workers)
+                                      settings.workers, gpus=visible_gpus(settings.gpus))
                 workers.start()
                 stack.push_async_callback(workers.stop)
+
+            if settings.backup_interval_hours > 0:
+                backups = BackupSchedule(dsn, settings.artifacts_dir, settings.backups_dir,
+                                         settings.backup_interval_hours * 3600, settings.backup_keep)
+                backups.start()
+                stack.push_async_callback(backups.stop)
 
             endpoints = Endpoints(grpc_address=f"{settings.grpc_host}:{grpc_port}", http_url=envoy.url,
                                   metrics_url=metrics_url, database=database, dsn=dsn,

@@ -1,5 +1,5 @@
 """TrainingService: jobs (create, list, get, start, cancel, pause, resume, watch, events,
-checkpoints), evaluation, statistics and system health. Synthetic data answers UNIMPLEMENTED,
+checkpoints, deleting an ended job's files), evaluation, statistics and system health. Synthetic data answers UNIMPLEMENTED,
 naming the capability, until it lands."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from google.protobuf import json_format
 
 from trainforge.core.errors import Unimplemented
 from trainforge.core.jobs import models as jm
+from trainforge.core.jobs.job_files import JobFiles
 from trainforge.core.jobs.spec import JobSpecPreparer
 from trainforge.core.jobs.store import JobStore
+from trainforge.core.jobs.worker_heartbeats import WorkerDirectory
 from trainforge.core.registry.store import RegistryStore
 from trainforge.server import convert
 from trainforge.server.auth import current_principal
@@ -33,9 +35,11 @@ def _version() -> str:
 
 class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, registry: RegistryStore, jobs: JobStore, broker: JobEventBroker, preparer: JobSpecPreparer,
-                 evaluator=None, started: float | None = None):
+                 evaluator=None, started: float | None = None, job_files: JobFiles | None = None):
         self.registry, self.jobs, self.broker, self.preparer = registry, jobs, broker, preparer
+        self.job_files = job_files
         self.evaluator = evaluator
+        self.workers = WorkerDirectory(jobs.pool)
         self.started = started or time.monotonic()
         self.version = _version()
 
@@ -104,6 +108,13 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
         return pb.ListJobCheckpointsResponse(data=[convert.checkpoint(c) for c in page.items],
                                              next_page_token=page.next_page_token)
 
+    async def DeleteJobFiles(self, request: pb.DeleteJobFilesRequest, context) -> pb.DeleteJobFilesResponse:
+        if self.job_files is None:
+            raise Unimplemented("deleting job files (DeleteJobFiles)")
+        caller = current_principal()
+        job, freed = await self.job_files.delete(request.job_id, None if caller.role == "admin" else caller.key_id)
+        return pb.DeleteJobFilesResponse(data=convert.job(job), bytes_freed=freed)
+
     # -- data, evaluation, statistics, health ------------------------------------------------
     async def GenerateSyntheticData(self, request, context):
         raise Unimplemented("synthetic data generation (GenerateSyntheticData)")
@@ -135,7 +146,22 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                                detail=f"{registry.artifact_bytes} bytes in {registry.version_count} versions"
                                if registry.artifact_store_ok else "artifact root is not writable"),
         ]
+        workers, workers_component = await self._workers_health()
+        components.append(workers_component)
         status = "ok" if all(c.status == "ok" for c in components) else "degraded"
         return pb.GetSystemHealthResponse(data=pb.SystemHealth(
             status=status, components=components, version=self.version,
-            uptime_seconds=time.monotonic() - self.started))
+            uptime_seconds=time.monotonic() - self.started, workers=workers))
+
+    async def _workers_health(self) -> tuple[pb.WorkersHealth | None, pb.ComponentHealth]:
+        """Live worker processes and the queue: degraded when jobs wait and nobody runs them."""
+        started = time.perf_counter()
+        try:
+            report = await self.workers.report()
+        except Exception:  # noqa: BLE001 - health reports the failure instead of raising it
+            return None, pb.ComponentHealth(name="workers", status="degraded",
+                                            detail="could not read the workers table",
+                                            latency_ms=(time.perf_counter() - started) * 1000)
+        return convert.workers_health(report), pb.ComponentHealth(
+            name="workers", status="degraded" if report.degraded else "ok", detail=report.detail(),
+            latency_ms=(time.perf_counter() - started) * 1000)

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,77 @@ def test_render_stops_at_recursive_messages() -> None:
     assert page.count("<b>label</b>") == 1  # expanded once, then named
     assert "the fields of Node, as above" in page
     assert "Missing</span> <em>(not defined)</em>" in page
+
+
+# What the server checks, by (definition, property) of the OpenAPI document: its enums must say the same.
+def _literal(model, field: str) -> list[str]:
+    return list(typing.get_args(model.model_fields[field].annotation))
+
+
+def _domain_enums() -> dict[tuple[str, str], list[str]]:
+    from trainforge.core.compression.compress_version import MODES, PRECISIONS
+    from trainforge.core.registry.models import MODEL_TYPES
+    from trainforge.core.training import config
+
+    return {
+        ("v1ModelVersion", "model_type"): list(MODEL_TYPES),
+        ("v1CompressModelRequest", "precision"): list(PRECISIONS),
+        ("v1CompressModelRequest", "mode"): list(MODES),
+        ("v1JobSpec", "model_type"): _literal(config.TrainConfig, "model_type"),
+        ("v1JobSpec", "method"): _literal(config.TrainConfig, "method"),
+        ("v1TrainingData", "format"): _literal(config.TrainingData, "format"),
+        ("v1TrainingData", "source"): _literal(config.TrainingData, "source"),
+        ("v1Optimization", "optimizer"): _literal(config.Optimization, "optimizer"),
+        ("v1Optimization", "scheduler"): _literal(config.Optimization, "scheduler"),
+        ("v1Optimization", "torch_compile"): _literal(config.Optimization, "torch_compile"),
+        ("v1EarlyStopping", "metric"): _literal(config.EarlyStopping, "metric"),
+        ("v1Distributed", "strategy"): _literal(config.Distributed, "strategy"),
+        ("v1DeploymentPolicy", "deployment_target"): _literal(config.Deployment, "deployment_target"),
+        ("v1DeployModelRequest", "target"): _literal(config.Deployment, "deployment_target"),
+    }
+
+
+def test_openapi_enums_are_the_values_the_server_accepts() -> None:
+    definitions = spec()["definitions"]
+    for (definition, prop), values in _domain_enums().items():
+        declared = definitions[definition]["properties"][prop].get("enum")
+        assert declared is not None, f"{definition}.{prop}: no enum"
+        # "" is proto3's unset value: the default, for a field that is not required.
+        expected = values if prop in definitions[definition].get("required", []) else ["", *values]
+        assert declared == expected, (definition, prop, declared)
+
+
+def test_openapi_declares_required_fields_patterns_and_read_only() -> None:
+    from trainforge.core.registry.validation import ALIAS_RE, NAME_RE, VERSION_RE
+
+    doc = spec()
+    definitions = doc["definitions"]
+    assert definitions["v1ModelVersion"]["required"] == ["name", "version"]
+    assert definitions["v1JobSpec"]["required"] == ["model", "name", "training_data"]
+    assert definitions["v1DeployModelRequest"]["required"] == ["target"]  # model_version_id is in the path
+    assert definitions["v1ModelVersion"]["properties"]["name"]["pattern"] == NAME_RE.pattern
+    assert definitions["v1ModelVersion"]["properties"]["version"]["pattern"] == VERSION_RE.pattern
+    assert definitions["v1ModelVersion"]["properties"]["model_version_id"]["readOnly"] is True
+    alias = [p for p in doc["paths"]["/api/training/models/{model_id}/aliases/{alias}"]["put"]["parameters"]
+             if p["name"] == "alias"]
+    assert alias[0]["pattern"] == ALIAS_RE.pattern
+    for path, operations in doc["paths"].items():
+        bound = set(re.findall(r"{([a-z_]+)", path))
+        for op in operations.values():
+            assert op["responses"]["default"]["schema"] == {"$ref": "#/definitions/Error"}, op["operationId"]
+            for param in op.get("parameters", []):
+                if param["in"] == "body" and "$ref" in param["schema"]:
+                    body = definitions[param["schema"]["$ref"].rsplit("/", 1)[1]]
+                    assert body["additionalProperties"] is False
+                    if op["operationId"] not in ("RegisterModel", "UpdateModel", "UpdateModelVersion", "CreateJob"):
+                        # body "*": the transcoder refuses a body that repeats a path field
+                        assert not bound & set(body.get("properties", {})), (op["operationId"], bound)
+    assert doc["paths"]["/api/training/health"]["get"]["security"] == []  # the one anonymous call
+
+
+def test_openapi_says_the_event_stream_is_ndjson() -> None:
+    watch = spec()["paths"]["/api/training/jobs/{job_id}/events"]["get"]
+    assert watch["operationId"] == "WatchJob"
+    assert watch["produces"][0] == "application/x-ndjson"
+    assert "/api/training/jobs/{job_id}/events/history" in spec()["paths"]
+    assert "produces" not in spec()["paths"]["/api/training/jobs/{job_id}/events/history"]["get"]

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Re-exported: jobs start their processes through it (the one definition is in core.child_processes).
 from trainforge.core.child_processes import with_parent_death_signal  # noqa: F401
+from trainforge.core.errors import FailedPrecondition
+from trainforge.core.training.process_contract import (  # noqa: F401 - EXIT_* re-exported for the worker
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_RELEASED,
+    uses_hostfile,
+    world_size,
+)
 
 ENTRYPOINT = "trainforge.core.training.entrypoint"
-
-# Exit codes of the training entrypoint.
-EXIT_OK, EXIT_FAILED, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 3, 4
-# Checkpointed at a step boundary because its worker is shutting down; the job goes back to the
-# queue and the next claim resumes from that checkpoint (core.training.entrypoint defines the same).
-EXIT_RELEASED = 5
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,20 @@ class Launch:
 
 
 def build(spec: dict[str, Any], *, config_path: Path, output_dir: Path, resume_from: Path | None,
-          job_id: str, attempt: int, dsn: str, extensions_dir: Path, master_port: int) -> Launch:
+          job_id: str, attempt: int, dsn: str, extensions_dir: Path, master_port: int,
+          gpus: Sequence[str] | None = None) -> Launch:
+    """The command and environment of a job's processes.
+
+    `gpus`: the GPUs the worker's allocator (core.jobs.devices) gave this job, as CUDA names them
+    on this machine; the job's processes see only these (CUDA_VISIBLE_DEVICES), and a distributed
+    job runs one rank on each (`--include localhost:<gpus>`, which DeepSpeed's launcher turns into
+    each rank's CUDA_VISIBLE_DEVICES). An empty list: a CPU host, ranks over gloo. None: no
+    allocator; the spec's `distributed.devices` are used as given.
+    A hostfile job (`--hostfile`, the path validated under the configs root) places its ranks on
+    the hosts and slots the hostfile lists; `gpus` is not used for it."""
     distributed = spec.get("distributed") or {}
-    world_size = int(distributed.get("world_size") or 0) if distributed.get("enabled") else 1
-    devices = [int(d) for d in distributed.get("devices") or []]
+    processes = world_size(distributed)
+    devices = [str(d) for d in (distributed.get("devices") or [])] if gpus is None else [str(g) for g in gpus]
     entry_args = ["--config", str(config_path), "--output", str(output_dir),
                   "--reporter", "trainforge.core.jobs.reporter:PostgresReporter"]
     if resume_from is not None:
@@ -46,14 +61,28 @@ def build(spec: dict[str, Any], *, config_path: Path, output_dir: Path, resume_f
         "TORCH_EXTENSIONS_DIR": str(extensions_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     })
-    if world_size <= 1:
+    hostfile = uses_hostfile(distributed)
+    if gpus is not None and not hostfile and not (processes > 1 and devices):
+        # One process on its GPU, or no GPU at all (an empty value hides every one: the job runs on
+        # the CPU, as the worker was told). Ranks placed by `--include` get theirs from DeepSpeed's
+        # launcher, which drops an inherited CUDA_VISIBLE_DEVICES when --include is given.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[:processes])
+    if processes <= 1 and not hostfile:
         return Launch([sys.executable, "-m", ENTRYPOINT, *entry_args], env, 1)
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(master_port)]
-    hostfile = distributed.get("hostfile")
     if hostfile:
-        launcher += ["--hostfile", str(hostfile)]
+        path = (spec.get("resolved") or {}).get("hostfile_path")
+        if not path:
+            raise FailedPrecondition("distributed.hostfile was not validated under the configs root; "
+                                     "create the job through the API or JobSpecPreparer")
+        launcher += ["--hostfile", str(path)]
     elif devices:
-        launcher += ["--include", "localhost:" + ",".join(map(str, devices))]
+        if len(devices) < processes:
+            raise FailedPrecondition(f"the job runs {processes} processes but has {len(devices)} GPU(s): "
+                                     f"{','.join(devices)}")
+        launcher += ["--include", "localhost:" + ",".join(devices[:processes])]
     else:
-        launcher += ["--num_gpus", str(world_size)]
-    return Launch([*launcher, "--module", ENTRYPOINT, *entry_args], env, world_size)
+        # No GPU (a CPU host): DeepSpeed starts this many ranks on the CPU accelerator, over gloo.
+        launcher += ["--num_gpus", str(processes)]
+    return Launch([*launcher, "--module", ENTRYPOINT, *entry_args], env, processes)
+

@@ -17,9 +17,11 @@ COMPRESSED = "compressed"
 
 class JobSpecPreparer:
     def __init__(self, data_root: Path, models_root: Path, max_dataset_bytes: int = 10 * 2**30,
-                 registry: RegistryStore | None = None):
+                 registry: RegistryStore | None = None, *, config_root: Path | None = None):
         self.data_root, self.models_root, self.max_dataset_bytes = data_root, models_root, max_dataset_bytes
         self.registry = registry
+        # Where `distributed.hostfile` may point (settings.configs_dir); None refuses every hostfile.
+        self.config_root = config_root
 
     def prepare(self, spec: dict[str, Any], extra_violations: list[FieldViolation] | None = None) -> dict[str, Any]:
         # Imported here: the config module pulls in the training stack's settings, not needed to serve.
@@ -27,7 +29,7 @@ class JobSpecPreparer:
 
         # The raw dict, not from_dict(spec): malformed fields and a bad data path are reported together.
         resolved = config.validate_config(spec, self.data_root, self.models_root, self.max_dataset_bytes,
-                                          extra_violations=extra_violations or [])
+                                          config_root=self.config_root, extra_violations=extra_violations or [])
         return config.to_dict(resolved)
 
     async def prepare_checked(self, spec: dict[str, Any]) -> dict[str, Any]:

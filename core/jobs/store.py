@@ -48,6 +48,9 @@ def _job(row: dict[str, Any]) -> m.Job:
         create_time=row["create_time"], start_time=row["start_time"], end_time=row["end_time"])
 
 
+job_from_row = _job  # for the modules beside this store that lock and read job rows themselves
+
+
 def _event(row: dict[str, Any]) -> m.JobEvent:
     return m.JobEvent(str(row["job_id"]), row["seq"], row["type"], row["state"], row["message"],
                       row["progress"], row["metrics"], row["create_time"])
@@ -226,13 +229,22 @@ class JobStore:
             average_training_seconds=float(times["mean"] or 0.0), p50_training_seconds=float(times["p50"] or 0.0))
 
     # -- the worker's side ---------------------------------------------------------------------
-    async def claim(self, worker_id: str, lease: timedelta) -> m.Job | None:
+    async def claim(self, worker_id: str, lease: timedelta, *, max_devices: int | None = None) -> m.Job | None:
         """Takes the oldest queued job, or a running one whose worker stopped renewing its lease.
-        SKIP LOCKED lets many workers claim concurrently without ever taking the same row."""
+        SKIP LOCKED lets many workers claim concurrently without ever taking the same row.
+
+        `max_devices`: the worker's free GPUs; only a job whose processes fit (its world size,
+        written to `resolved.world_size` when the spec was prepared; 1 when absent) or whose ranks
+        a hostfile places is taken. None: any job (a CPU host)."""
+        fits, params = "", ()
+        if max_devices is not None:
+            fits = ("AND (spec->'resolved'->>'hostfile_path' IS NOT NULL "
+                    "OR COALESCE((spec->'resolved'->>'world_size')::int, 1) <= %s) ")
+            params = (max_devices,)
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT id, state FROM jobs WHERE state = 'QUEUED' OR (state = 'RUNNING' AND lease_expires < now()) "
-                "ORDER BY queue_time NULLS LAST, create_time FOR UPDATE SKIP LOCKED LIMIT 1")
+                "SELECT id, state FROM jobs WHERE (state = 'QUEUED' OR (state = 'RUNNING' AND lease_expires < now())) "
+                + fits + "ORDER BY queue_time NULLS LAST, create_time FOR UPDATE SKIP LOCKED LIMIT 1", params)
             found = await cur.fetchone()
             if found is None:
                 return None

@@ -34,6 +34,7 @@ from trainforge.core.child_processes import ChildRecords, group_members, pid_ali
 from trainforge.core.errors import AlreadyExists
 from trainforge.core.jobs import launch
 from trainforge.core.jobs import models as m
+from trainforge.core.jobs.devices import DeviceAllocator, visible_gpus
 from trainforge.core.jobs.job_lineage import portable_path, portable_spec
 from trainforge.core.jobs.queue_wake import QueueWake
 from trainforge.core.jobs.resources import ProcessGroupSampler
@@ -41,6 +42,7 @@ from trainforge.core.jobs.store import JobStore
 from trainforge.core.registry.architecture import read_architecture
 from trainforge.core.registry.models import Lineage, NewVersion, split_registry_ref
 from trainforge.core.registry.store import RegistryStore
+from trainforge.core.training.process_contract import TrainError, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,12 @@ def result_version(job_id: str) -> str:
 
 
 class Worker:
-    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, worker_id: str = ""):
+    def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, worker_id: str = "",
+                 devices: DeviceAllocator | None = None):
         self.jobs, self.registry, self.config = jobs, registry, config
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # The workers of one process share one allocator (WorkerGroup); a lone worker finds the GPUs.
+        self.devices = devices if devices is not None else DeviceAllocator(visible_gpus())
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
@@ -107,18 +112,34 @@ class Worker:
 
     async def _loop(self, stop: asyncio.Event, wake: QueueWake) -> None:
         while not stop.is_set():
-            job = await self.jobs.claim(self.worker_id, self.config.lease)
+            # Every free GPU is held while claiming, so the claim takes only a job that fits in them
+            # and no other worker of this process can hand the same GPU to another job meanwhile.
+            held = await self.devices.hold_free(stop)
+            if held is None:
+                return
+            try:
+                job = await self.jobs.claim(self.worker_id, self.config.lease,
+                                            max_devices=len(held) if self.devices.gpu_host else None)
+            except BaseException:
+                self.devices.release(held)
+                raise
             if job is None:
+                self.devices.release(held)
                 await wake.wait(stop, self.config.poll_seconds)
                 continue
+            gpus = self.devices.keep(held, min(self.devices.needed(job.spec), len(held)))
             try:
-                await self.execute(job, stop)
+                await self.execute(job, stop, gpus=gpus)
             except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the worker
                 log.exception("job %s failed in the worker", job.job_id)
                 await self.jobs.finish(job.job_id, job.attempt, m.FAILED, f"worker error: {exc}",
                                        error={"code": 13, "message": f"worker error: {exc}"})
+            finally:
+                self.devices.release(gpus)
 
-    async def execute(self, job: m.Job, stop: asyncio.Event | None = None) -> None:
+    async def execute(self, job: m.Job, stop: asyncio.Event | None = None, gpus: list[str] | None = None) -> None:
+        """Runs one claimed job to its end. `gpus`: the GPUs the allocator gave it (None: the
+        spec's `distributed.devices` as given, for a caller without an allocator)."""
         job_dir = self.config.jobs_dir / job.job_id
         output_dir = job_dir / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -127,11 +148,17 @@ class Worker:
         resume = Path(job.last_checkpoint) if job.last_checkpoint and Path(job.last_checkpoint).exists() else None
         plan = launch.build(job.spec, config_path=config_path, output_dir=output_dir, resume_from=resume,
                             job_id=job.job_id, attempt=job.attempt, dsn=self.config.dsn,
-                            extensions_dir=self.config.jobs_dir / ".torch_extensions", master_port=_free_port())
+                            extensions_dir=self.config.jobs_dir / ".torch_extensions", master_port=_free_port(),
+                            gpus=gpus)
         if self.config.model_cache is not None:
             plan.env["TRAINFORGE_MODEL_CACHE"] = str(self.config.model_cache)
         log_path = job_dir / f"attempt-{job.attempt}.log"
         with open(log_path, "ab") as log_file:
+            # Which GPUs the attempt ran on, for whoever reads the log after a crash.
+            log_file.write(f"trainforge worker {self.worker_id}: attempt {job.attempt}, {plan.processes} "
+                           f"process(es), CUDA_VISIBLE_DEVICES={plan.env.get('CUDA_VISIBLE_DEVICES', '(inherited)')}"
+                           f"\n".encode())
+            log_file.flush()
             process = await asyncio.create_subprocess_exec(
                 *launch.with_parent_death_signal(plan.argv), env=plan.env, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -281,20 +308,19 @@ class Worker:
                 return
 
     async def _register(self, job: m.Job, output_dir: Path) -> str:
-        result = json.loads((output_dir / "result.json").read_text())
+        result = TrainResult.read(output_dir)
         spec = job.spec
         roots = {"data_root": self.config.data_root, "models_root": self.registry.models_root}
         new = NewVersion(
             name=spec["name"], version=result_version(job.job_id),
             description=f"fine-tuned by job {job.job_id} from {portable_path(spec.get('model', ''), **roots)}",
             model_type=spec.get("model_type") or "fine_tuned",
-            parameter_count=int(result.get("parameter_count", 0)),
+            parameter_count=result.parameter_count,
             architecture=read_architecture(output_dir / "model"),
-            performance_metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()
-                                 if k not in RUN_STATE_METRICS},
+            performance_metrics={k: float(v) for k, v in result.metrics.items() if k not in RUN_STATE_METRICS},
             tags=tuple(spec.get("tags") or ()),
             lineage=Lineage(base_model=portable_path(spec.get("model", ""), **roots),
-                            dataset_digest=result.get("dataset_sha256", ""),
+                            dataset_digest=result.dataset_sha256,
                             job_id=job.job_id, config=portable_spec(spec, **roots)),
             changelog=f"trained by job {job.job_id}")
         # Audited like an API call, in the registration's transaction, as the job owner's change.
@@ -349,12 +375,9 @@ class _LeaseClock:
 
 
 def _failure_message(output_dir: Path, log_path: Path, rc: int | None) -> str:
-    error_file = output_dir / "error.json"
-    if error_file.exists():
-        try:
-            return json.loads(error_file.read_text()).get("message", "")[:2000]
-        except ValueError:
-            pass
+    error = TrainError.read(output_dir)
+    if error is not None:
+        return error.message[:2000]
     tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.exists() else []
     return f"training exited with {rc}: " + " | ".join(tail)[-2000:]
 

@@ -9,7 +9,9 @@
                            optimizer states, lr scheduler; every rank writes its shard)
 
 A folder is written as `step-N.tmp` and renamed when complete, so a crash mid-write leaves no
-folder that looks whole. What a resume supports is in docs/training.md.
+folder that looks whole. What a resume supports is in docs/training.md. After each save the run
+keeps only the newest `checkpointing.keep_last` folders, the best one and the one it resumed from
+(`prunable`); the rest are deleted.
 """
 
 from __future__ import annotations
@@ -60,6 +62,30 @@ def find_checkpoint(path: Path) -> Path | None:
             if done:
                 return done[-1]
     return None
+
+
+def complete_checkpoints(output_dir: Path) -> dict[int, Path]:
+    """Step -> folder of every complete checkpoint under output_dir/checkpoints."""
+    base = Path(output_dir) / "checkpoints"
+    found: dict[int, Path] = {}
+    for p in base.glob("step-*") if base.is_dir() else ():
+        step = p.name.removeprefix("step-")
+        if p.is_dir() and step.isdigit() and (p / STATE_FILE).is_file():
+            found[int(step)] = p
+    return found
+
+
+def prunable(steps: list[int] | set[int], keep_last: int, best_step: int | None,
+             protected: set[int] = frozenset()) -> list[int]:
+    """The checkpoint steps retention removes: all but the newest `keep_last` (0 keeps all), the
+    best one (`best_step`, None when not kept) and the `protected` ones (the resume source)."""
+    if keep_last <= 0:
+        return []
+    ordered = sorted(steps)
+    keep = set(ordered[-keep_last:]) | set(protected)
+    if best_step is not None:
+        keep.add(best_step)
+    return [s for s in ordered if s not in keep]
 
 
 def read_state(folder: Path) -> dict[str, Any]:

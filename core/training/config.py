@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainforge.core.errors import FieldViolation, InvalidArgument
 from trainforge.core.paths import confine
+from trainforge.core.training.process_contract import world_size as process_world_size
 
 DEFAULT_MAX_DATASET_BYTES = 10 * 2**30  # 10 GiB
 NAME_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
@@ -103,6 +104,14 @@ class Distributed(_Section):
     hostfile: str = Field("", max_length=4096)
 
 
+class Checkpointing(_Section):
+    """Which checkpoint folders a run keeps on disk (each is a full model plus optimizer state:
+    ~3x the model's size with AdamW, so `save_steps: 1` on a 135M model adds ~1.6 GB a step)."""
+
+    keep_last: int = Field(3, ge=0, le=100_000)  # the newest K; 0 keeps every checkpoint
+    keep_best: bool = True  # also keep the one at the best evaluation, however old
+
+
 class Lora(_Section):
     r: int = Field(8, ge=1, le=1024)
     alpha: int = Field(16, ge=1, le=4096)
@@ -122,6 +131,7 @@ class TrainConfig(_Section):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     deployment: Deployment = Field(default_factory=Deployment)
     distributed: Distributed = Field(default_factory=Distributed)
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing)
     method: Literal["full", "lora"] = "full"
     lora: Lora = Field(default_factory=Lora)
     tags: list[str] = Field(default_factory=list, max_length=64)
@@ -129,9 +139,7 @@ class TrainConfig(_Section):
     @property
     def world_size(self) -> int:
         """Processes the job runs as: 1 unless distributed training is enabled."""
-        if not self.distributed.enabled:
-            return 1
-        return self.distributed.world_size or max(1, len(self.distributed.devices))
+        return process_world_size(self.distributed)
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -290,6 +298,8 @@ def to_dict(resolved: ResolvedConfig | TrainConfig) -> dict[str, Any]:
         "model_path": str(resolved.model_path) if resolved.model_path else None,
         "models_root": str(resolved.models_root) if resolved.models_root else None,
         "hostfile_path": str(resolved.hostfile_path) if resolved.hostfile_path else None,
+        # Read by the job queue's claim (a worker takes only jobs whose processes fit its free GPUs).
+        "world_size": resolved.config.world_size,
         **resolved.extra,
     }
     return out
@@ -303,7 +313,7 @@ def resolved_from_dict(d: Mapping[str, Any]) -> ResolvedConfig:
     r = dict(d.get("resolved") or {})
     if not r.get("data_path"):
         raise InvalidArgument.one("resolved.data_path", "is missing: validate the spec with validate_config first")
-    known = {"data_path", "dataset_bytes", "model_source", "model_path", "models_root", "hostfile_path"}
+    known = {"data_path", "dataset_bytes", "model_source", "model_path", "models_root", "hostfile_path", "world_size"}
     return ResolvedConfig(
         config=config, data_path=Path(r["data_path"]), dataset_bytes=int(r.get("dataset_bytes") or 0),
         model_source=r.get("model_source") or "local",

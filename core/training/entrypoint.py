@@ -3,11 +3,12 @@
 
 Started by the worker, directly (one process) or through the DeepSpeed launcher (one per device or
 rank). Reads the job's config (the stored spec written by config.to_dict, with its `resolved`
-block), runs the recipe, and on rank 0 writes `DIR/result.json` (status, steps, metrics, dataset
-sha256, parameter count) or, on failure, `DIR/error.json` and one JSON line on stderr.
+block), runs the recipe, and on rank 0 writes `DIR/result.json` (process_contract.TrainResult:
+status, steps, metrics, dataset sha256, parameter count, world size) or, on failure,
+`DIR/error.json` (process_contract.TrainError) and one JSON line on stderr.
 
-Exit codes: 0 succeeded (or stopped early), 3 paused, 4 cancelled, 5 released (checkpointed because
-its worker is shutting down; the job resumes from that checkpoint under another worker), 1 failed.
+Exit codes (process_contract, shared with the worker): 0 succeeded (or stopped early), 3 paused,
+4 cancelled, 5 released (the worker is shutting down), 1 failed.
 A reporter given as `module:Class` is built with keyword arguments job_id and dsn from the
 environment variables TRAINFORGE_JOB_ID and TRAINFORGE_DATABASE_URL, on rank 0 only.
 """
@@ -24,8 +25,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_PAUSED, EXIT_CANCELLED = 0, 1, 3, 4
-EXIT_RELEASED = 5  # core.jobs.launch defines the same codes for the worker's side
+from trainforge.core.training.process_contract import (  # noqa: F401 - EXIT_* re-exported for callers
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_RELEASED,
+    TrainError,
+    exit_code,
+)
 
 # Offline before anything imports transformers or huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,22 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         reporter = _SignalStop(build_reporter(args.reporter))
         result = train(config, args.output, reporter, args.resume)
         if _rank() == 0:
-            _write_json(args.output / "result.json", result.to_json())
-        return {"paused": EXIT_PAUSED, "cancelled": EXIT_CANCELLED, "released": EXIT_RELEASED}.get(result.status,
-                                                                                                 EXIT_OK)
+            result.write(args.output)
+        return exit_code(result.status)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes exit 1 with its JSON line
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        error = {"error": type(exc).__name__, "message": str(getattr(exc, "message", "") or exc),
-                 "reason": getattr(exc, "reason", "INTERNAL"), "rank": _rank()}
-        violations = getattr(exc, "violations", None)
-        if violations:
-            error["violations"] = [{"field": v.field, "description": v.description} for v in violations]
+        error = TrainError(error=type(exc).__name__, message=str(getattr(exc, "message", "") or exc),
+                           reason=getattr(exc, "reason", "INTERNAL"), rank=_rank(),
+                           violations=[{"field": v.field, "description": v.description}
+                                       for v in getattr(exc, "violations", None) or ()])
         traceback.print_exc(file=sys.stderr)
-        sys.stderr.write(json.dumps(error) + "\n")
+        sys.stderr.write(json.dumps(error.to_json()) + "\n")
         sys.stderr.flush()
         if _rank() == 0:
-            _write_json(args.output / "error.json", error)
+            error.write(args.output)
         return EXIT_FAILED
     finally:
         _leave_process_group()
@@ -127,12 +133,6 @@ def _leave_process_group() -> None:
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - a peer that already left must not turn success into failure
         pass
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

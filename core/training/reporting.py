@@ -23,6 +23,10 @@ class Reporter(Protocol):
     def checkpoint(self, step: int, epoch: int, path: str, metrics: dict[str, Any], is_best: bool) -> None:
         """After a checkpoint folder is complete on disk."""
 
+    def checkpoints_removed(self, steps: list[int]) -> None:
+        """Before the checkpoint folders of these steps are deleted (checkpointing.keep_last):
+        whatever lists checkpoints must stop listing them."""
+
     def log(self, message: str) -> None:
         """A line for the job's log."""
 
@@ -44,6 +48,9 @@ class NullReporter:
     def checkpoint(self, step, epoch, path, metrics, is_best) -> None:
         pass
 
+    def checkpoints_removed(self, steps) -> None:
+        pass
+
     def log(self, message) -> None:
         pass
 
@@ -52,7 +59,8 @@ class NullReporter:
 
 
 class PrintReporter:
-    """JSON lines on stdout: {"event": "progress" | "evaluation" | "checkpoint" | "log", ...}.
+    """JSON lines on stdout: {"event": "progress" | "evaluation" | "checkpoint" | "checkpoints_removed" |
+    "log", ...}.
 
     `stop_after`: ask for "pause" or "cancel" once that many optimiser steps have been reported
     (for trying pause/resume by hand)."""
@@ -80,6 +88,9 @@ class PrintReporter:
 
     def checkpoint(self, step, epoch, path, metrics, is_best) -> None:
         self._emit("checkpoint", step=step, epoch=epoch, path=str(path), metrics=metrics, is_best=is_best)
+
+    def checkpoints_removed(self, steps) -> None:
+        self._emit("checkpoints_removed", steps=list(steps))
 
     def log(self, message) -> None:
         self._emit("log", message=message)

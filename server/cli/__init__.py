@@ -5,6 +5,7 @@ commands, each kept in a module of its own:
     demo.py      demo: the service on free ports plus a scripted REST session
     worker.py    worker: training workers without a server
     db.py        db upgrade
+    backup_restore.py  backup, restore: the registry's database and artifacts, verified
     keys.py      keys create|list|revoke (directly on the database)
     audit.py     audit verify|list (directly on the database)
     models.py    models ...: RegistryService client
@@ -31,7 +32,19 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import typer  # noqa: E402
 
-from trainforge.server.cli import audit, db, demo, evaluate, jobs, keys, models, serve, train, worker  # noqa: E402
+from trainforge.server.cli import (  # noqa: E402
+    audit,
+    backup_restore,
+    db,
+    demo,
+    evaluate,
+    jobs,
+    keys,
+    models,
+    serve,
+    train,
+    worker,
+)
 
 # Locals stay out of tracebacks: they would print DSNs with passwords.
 app = typer.Typer(name="trainforge", help="Self-hosted LLM training system: service, workers, jobs, model registry, API keys and audit.",
@@ -42,6 +55,8 @@ app.command()(demo.demo)
 app.command()(worker.worker)
 app.command()(train.train)
 app.command()(evaluate.evaluate)
+app.command()(backup_restore.backup)
+app.command()(backup_restore.restore)
 app.add_typer(db.app, name="db")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")

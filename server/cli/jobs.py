@@ -1,5 +1,5 @@
-"""`trainforge jobs list|get|start|cancel|pause|resume|watch`: a gRPC client of TrainingService's job
-methods. `watch` follows WatchJob with a progress bar and exits 0 only when the job succeeds."""
+"""`trainforge jobs list|get|start|cancel|pause|resume|watch|delete-files`: a gRPC client of
+TrainingService's job methods. `watch` follows WatchJob with a progress bar and exits 0 only when the job succeeds."""
 
 from __future__ import annotations
 
@@ -133,6 +133,17 @@ def jobs_resume(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: A
                 as_json: JsonOpt = False) -> None:
     """Queue a paused job again; it resumes from its last checkpoint."""
     return _request_transition(job_id, server, api_key, as_json, "resume")
+
+
+@app.command("delete-files")
+def jobs_delete_files(job_id: JobIdArg, server: ServerOpt = DEFAULT_SERVER, api_key: ApiKeyOpt = "",
+                      as_json: JsonOpt = False) -> None:
+    """Delete an ended job's working files (checkpoints, logs, output); its registered model stays."""
+    with training_client(server, api_key) as stub:
+        reply = stub.DeleteJobFiles(pb.DeleteJobFilesRequest(job_id=job_id))
+    if as_json:
+        return print_json(reply)
+    console.print(f"job {job_id}: working files deleted, {reply.bytes_freed:,} bytes freed", soft_wrap=True)
 
 
 class _WatchView:

@@ -23,6 +23,7 @@ from trainforge.core.training.model_loading import default_cache_dir
 @pytest.fixture(scope="session")
 def job_inputs(settings) -> dict[str, str]:
     """Relative names of the tiny model (models root) and the QA dataset (data root)."""
+    settings.ensure_dirs()  # a test may ask for these before anything started the server
     models, data = settings.models_dir, settings.data_dir_root
     if not (models / "tiny-llama").exists():
         build_tiny_model(models / "tiny-llama")

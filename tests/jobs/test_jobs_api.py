@@ -155,3 +155,19 @@ def test_pause_then_resume_continues_the_global_step(rest, worker):
                max(int(x["sequence"]) for x in history if "paused" in x["message"])]
     assert resumed and int(resumed[0]["progress"]["current_step"]) > paused_at
     assert int(_job(rest, job_id)["attempt"]) == 2
+
+
+def test_event_stream_is_served_as_ndjson(rest, job_inputs):
+    """WatchJob through the gateway: one JSON object per line, labelled application/x-ndjson as the
+    OpenAPI document says (the transcoder alone labels it application/json)."""
+    created = rest.post("/api/training/jobs", tiny_job(f"ndjson-{uuid.uuid4().hex[:6]}"))
+    assert created.status == 200, created
+    job_id = created.body["data"]["job_id"]
+    assert rest.post(f"/api/training/jobs/{job_id}/cancel", {}).status == 200
+    reply = rest.get(f"/api/training/jobs/{job_id}/events")  # the job has ended: the stream ends at once
+    assert reply.status == 200, reply
+    assert reply.headers["content-type"] == "application/x-ndjson", reply.headers
+    lines = reply.raw.decode().splitlines()
+    assert lines and all(json.loads(line)["data"]["job_id"] == job_id for line in lines), lines
+    missing = rest.get(f"/api/training/jobs/{uuid.uuid4()}/events")
+    assert missing.status == 404 and missing.headers["content-type"].startswith("application/json"), missing

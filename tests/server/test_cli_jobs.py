@@ -145,3 +145,22 @@ def test_watch_follows_a_live_job(server: str, api_keys, cli, database_url: str)
             watch.kill()
     assert watch.returncode == 1, out + err
     assert f"job {job_id} CANCELLED" in err
+
+
+def test_delete_files_frees_an_ended_jobs_folder(cli, server: str, api_keys, database_url: str, settings):
+    running = _pending_job(database_url, "cli-job-files-pending")
+    refused = cli("jobs", "delete-files", running, expect=1)
+    assert "FAILED_PRECONDITION" in refused and "it is PENDING" in refused
+
+    job_id = _trained_job(database_url, "cli-job-files")
+    folder = settings.jobs_dir / job_id / "output" / "checkpoints" / "step-00000010"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"\0" * 12_345)
+    (settings.jobs_dir / job_id / "attempt-1.log").write_text("x" * 655)
+    # A trainer may delete only its own jobs' files; this job belongs to another key.
+    other = invoke("jobs", "delete-files", job_id, "--server", server, expect=1, api_key=api_keys["trainer"]).output
+    assert "PERMISSION_DENIED" in other and folder.is_dir()
+
+    assert f"job {job_id}: working files deleted, 13,000 bytes freed" in cli("jobs", "delete-files", job_id)
+    assert not (settings.jobs_dir / job_id).exists()
+    assert json.loads(cli("jobs", "delete-files", job_id, "--json"))["bytes_freed"] == "0"

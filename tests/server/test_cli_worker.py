@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
+
 from tests.server.test_cli import TRAINFORGE, app, runner, wide_env
 from trainforge.core.db import migrate
 from trainforge.core.db.pool import open_pool
@@ -35,10 +37,16 @@ def test_worker_claims_runs_and_records_a_job(postgres_cluster, tmp_path: Path):
     job_id = _store(dsn, lambda s: s.create("cli-worker-job", spec, "cli-test", start=True)).job_id
 
     worker = subprocess.Popen([TRAINFORGE, "worker", "--database-url", dsn, "--data-dir", str(tmp_path),
-                               "--concurrency", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=wide_env())
+                               "--concurrency", "2", "--gpus", "0,1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=wide_env())
     try:
-        assert "2 worker(s) claiming jobs from" in worker.stdout.readline()
+        banner = worker.stdout.readline()
+        assert "2 worker(s) claiming jobs from" in banner and "on GPUs 0,1" in banner, banner
+        # The process heartbeats as one worker row, idle or busy (GetSystemHealth's workers component).
+        deadline = time.monotonic() + 30
+        while not (rows := _rows(dsn, "SELECT pid, concurrency, gpus FROM workers")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rows == [(worker.pid, 2, ["0", "1"])]
         deadline = time.monotonic() + 60
         while (job := _store(dsn, lambda s: s.get(job_id))).state not in m.TERMINAL and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -50,7 +58,13 @@ def test_worker_claims_runs_and_records_a_job(postgres_cluster, tmp_path: Path):
     assert job.state == m.FAILED and job.attempt == 1 and job.error["message"], job
     events = _store(dsn, lambda s: s.events(job_id, 0, 100))
     assert any("claimed by worker" in e.message for e in events)
-    assert (tmp_path / "jobs" / job_id / "attempt-1.log").exists()
+    assert "CUDA_VISIBLE_DEVICES=0" in (tmp_path / "jobs" / job_id / "attempt-1.log").read_text()
+    assert _rows(dsn, "SELECT id FROM workers") == []  # removed on a clean stop
+
+
+def _rows(dsn: str, query: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()
 
 
 def test_worker_without_a_database_says_so(tmp_path: Path):
@@ -81,7 +95,7 @@ async def test_worker_group_restarts_a_failed_worker_and_cancels_a_busy_one(monk
     from trainforge.server import service
 
     monkeypatch.setattr(service, "WORKER_RESTART_SECONDS", 0.01)
-    group = service.WorkerGroup(jobs=None, registry=None, config=None, count=0)
+    group = service.WorkerGroup(jobs=None, registry=None, config=None, count=0, gpus=[], heartbeat=False)
     flaky, busy, idle = _StubWorker("fails-once"), _StubWorker("busy"), _StubWorker("idle")
     group.workers = [flaky, busy, idle]
     group.start()

@@ -35,6 +35,9 @@ class RecordingReporter:
     def checkpoint(self, step, epoch, path, metrics, is_best):
         self.events.append(("checkpoint", step, epoch, path, is_best))
 
+    def checkpoints_removed(self, steps):
+        self.events.append(("checkpoints_removed", list(steps)))
+
     def log(self, message):
         self.events.append(("log", message))
 
@@ -201,3 +204,55 @@ def test_torch_compile_auto_stays_eager_on_the_cpu(roots, tmp_path):
     result, reporter = run(roots, tmp_path / "out", hyperparameters={"max_steps": 1})
     assert result.status == "succeeded"
     assert not any("torch.compile" in e[1] for e in reporter.of("log"))
+
+
+def test_checkpoint_retention_keeps_the_last_k_and_the_best(roots, tmp_path):
+    # Evaluated every step at lr 1e-2 (constant): eval loss 3.86 3.61 3.38 3.24 3.06 2.92 3.53 for
+    # steps 0-6 on the CPU, so the best checkpoint (step 5) is older than the newest one.
+    settings = {"hyperparameters": {"epochs": 4, "max_steps": 6, "save_steps": 1, "eval_steps": 1},
+                "checkpointing": {"keep_last": 1, "keep_best": True}}
+    result, reporter = run(roots, tmp_path / "out", **settings)
+    assert result.global_step == 6
+    assert result.best_step not in (None, 0, 6), result.eval_history  # else keep_best is not exercised
+    saved = [e[1] for e in reporter.of("checkpoint")]
+    assert saved == [1, 2, 3, 4, 5, 6]
+    removed = [s for e in reporter.of("checkpoints_removed") for s in e[1]]
+    on_disk = sorted(int(p.name.removeprefix("step-")) for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert on_disk == sorted({result.best_step, 6})
+    assert sorted(removed) == sorted(set(saved) - {result.best_step, 6}) and len(set(removed)) == len(removed)
+    # Each removal is reported before its folder goes (the job's rows are dropped first).
+    assert reporter.events.index(("checkpoints_removed", [1])) < reporter.events.index(
+        next(e for e in reporter.of("checkpoint") if e[1] == 3))
+
+    short = {"hyperparameters": {"epochs": 1, "max_steps": 3, "save_steps": 1}, "training_data": {"validation_split": 0}}
+    _, reporter = run(roots, tmp_path / "nobest", **short, checkpointing={"keep_last": 2, "keep_best": False})
+    assert sorted(p.name for p in (tmp_path / "nobest" / "checkpoints").iterdir()) == ["step-00000002",
+                                                                                      "step-00000003"]
+    _, reporter = run(roots, tmp_path / "all", **short, checkpointing={"keep_last": 0})
+    assert len(list((tmp_path / "all" / "checkpoints").iterdir())) == 3 and not reporter.of("checkpoints_removed")
+
+
+def test_checkpoint_retention_never_removes_the_resume_source(roots, tmp_path):
+    settings = {"hyperparameters": {"epochs": 2, "save_steps": 2},
+                "training_data": {"validation_split": 0},
+                "checkpointing": {"keep_last": 1, "keep_best": False}}
+    paused, _ = run(roots, tmp_path / "job", RecordingReporter("pause", at=2), **settings)
+    assert paused.global_step == 2
+    resumed, reporter = run(roots, tmp_path / "job", resume=tmp_path / "job", **settings)
+    assert resumed.status == "succeeded" and resumed.global_step > 4
+    names = sorted(p.name for p in (tmp_path / "job" / "checkpoints").iterdir())
+    last = f"step-{(resumed.global_step // 2) * 2:08d}"
+    assert names == sorted({"step-00000002", last}), names  # the resume source and the newest one
+    assert reporter.of("checkpoints_removed")
+
+
+def test_checkpointing_policy_is_validated(roots):
+    from trainforge.core.errors import InvalidArgument
+
+    data_root, models_root = roots
+    with pytest.raises(InvalidArgument) as caught:
+        validate_config(tiny_spec(checkpointing={"keep_last": -1, "keep_best": "sometimes", "keep_all": True}),
+                        data_root, models_root)
+    fields = {v.field for v in caught.value.violations}
+    assert {"checkpointing.keep_last", "checkpointing.keep_best", "checkpointing.keep_all"} <= fields, fields
+    assert validate_config(tiny_spec(), data_root, models_root).config.checkpointing.keep_last == 3

@@ -36,6 +36,9 @@ class Events:
     def checkpoint(self, step, epoch, path, metrics, is_best):
         pass
 
+    def checkpoints_removed(self, steps):
+        pass
+
     def log(self, message):
         self.logs.append(message)
 

@@ -50,7 +50,7 @@ JOB_EVENT_TYPE_LOG: JobEventType
 JOB_EVENT_TYPE_ERROR: JobEventType
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "model", "model_type", "training_data", "hyperparameters", "optimization", "evaluation", "deployment", "distributed", "method", "lora", "tags")
+    __slots__ = ("name", "model", "model_type", "training_data", "hyperparameters", "optimization", "evaluation", "deployment", "distributed", "method", "lora", "tags", "checkpointing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class JobSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_type: str
@@ -75,7 +76,16 @@ class JobSpec(_message.Message):
     method: str
     lora: LoraConfig
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_type: _Optional[str] = ..., training_data: _Optional[_Union[TrainingData, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., optimization: _Optional[_Union[Optimization, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., deployment: _Optional[_Union[DeploymentPolicy, _Mapping]] = ..., distributed: _Optional[_Union[Distributed, _Mapping]] = ..., method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    checkpointing: Checkpointing
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_type: _Optional[str] = ..., training_data: _Optional[_Union[TrainingData, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., optimization: _Optional[_Union[Optimization, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., deployment: _Optional[_Union[DeploymentPolicy, _Mapping]] = ..., distributed: _Optional[_Union[Distributed, _Mapping]] = ..., method: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., checkpointing: _Optional[_Union[Checkpointing, _Mapping]] = ...) -> None: ...
+
+class Checkpointing(_message.Message):
+    __slots__ = ("keep_last", "keep_best")
+    KEEP_LAST_FIELD_NUMBER: _ClassVar[int]
+    KEEP_BEST_FIELD_NUMBER: _ClassVar[int]
+    keep_last: int
+    keep_best: bool
+    def __init__(self, keep_last: _Optional[int] = ..., keep_best: _Optional[bool] = ...) -> None: ...
 
 class TrainingData(_message.Message):
     __slots__ = ("source", "path", "format", "validation_split")
@@ -400,16 +410,50 @@ class ComponentHealth(_message.Message):
     def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class SystemHealth(_message.Message):
-    __slots__ = ("status", "components", "version", "uptime_seconds")
+    __slots__ = ("status", "components", "version", "uptime_seconds", "workers")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     status: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     version: str
     uptime_seconds: float
-    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    workers: WorkersHealth
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., workers: _Optional[_Union[WorkersHealth, _Mapping]] = ...) -> None: ...
+
+class WorkersHealth(_message.Message):
+    __slots__ = ("live_workers", "queued_jobs", "oldest_queued_seconds", "processes")
+    LIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    live_workers: int
+    queued_jobs: int
+    oldest_queued_seconds: float
+    processes: _containers.RepeatedCompositeFieldContainer[WorkerProcess]
+    def __init__(self, live_workers: _Optional[int] = ..., queued_jobs: _Optional[int] = ..., oldest_queued_seconds: _Optional[float] = ..., processes: _Optional[_Iterable[_Union[WorkerProcess, _Mapping]]] = ...) -> None: ...
+
+class WorkerProcess(_message.Message):
+    __slots__ = ("worker_id", "host", "pid", "start_time", "last_seen_time", "concurrency", "running_jobs", "gpus")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    host: str
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    last_seen_time: _timestamp_pb2.Timestamp
+    concurrency: int
+    running_jobs: int
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., concurrency: _Optional[int] = ..., running_jobs: _Optional[int] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "start")
@@ -554,6 +598,20 @@ class ListJobCheckpointsResponse(_message.Message):
     data: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     next_page_token: str
     def __init__(self, data: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteJobFilesRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobFilesResponse(_message.Message):
+    __slots__ = ("data", "bytes_freed")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    data: Job
+    bytes_freed: int
+    def __init__(self, data: _Optional[_Union[Job, _Mapping]] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
 
 class GenerateSyntheticDataRequest(_message.Message):
     __slots__ = ("template_prompts", "generation_config", "output_format", "variables", "output_path")

@@ -86,6 +86,11 @@ class TrainingServiceStub:
                 request_serializer=trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsRequest.SerializeToString,
                 response_deserializer=trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.DeleteJobFiles = channel.unary_unary(
+                '/trainforge.v1.TrainingService/DeleteJobFiles',
+                request_serializer=trainforge_dot_v1_dot_training__pb2.DeleteJobFilesRequest.SerializeToString,
+                response_deserializer=trainforge_dot_v1_dot_training__pb2.DeleteJobFilesResponse.FromString,
+                _registered_method=True)
         self.GenerateSyntheticData = channel.unary_unary(
                 '/trainforge.v1.TrainingService/GenerateSyntheticData',
                 request_serializer=trainforge_dot_v1_dot_training__pb2.GenerateSyntheticDataRequest.SerializeToString,
@@ -195,6 +200,21 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJobFiles(self, request, context):
+        """Deletes a finished job's working files: its folder under the data directory's `jobs/`
+        (checkpoints, logs, the trained model's working copy). The registered version is untouched:
+        its artifacts live in the registry's content-addressed store. The job, its events and its
+        metrics stay; its checkpoints are no longer listed. Trainers may delete their own jobs' files,
+        admins any job's.
+        Returns NOT_FOUND if there is no such job.
+        Returns FAILED_PRECONDITION if the job has not ended (it is not SUCCEEDED, FAILED or
+        CANCELLED): a paused or running job still needs its checkpoints.
+        Returns PERMISSION_DENIED if a trainer asks for another key's job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GenerateSyntheticData(self, request, context):
         """Generates a synthetic dataset by filling prompt templates and completing them with a model.
         Returns INVALID_ARGUMENT if the templates or the generation config are malformed.
@@ -277,6 +297,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.ListJobCheckpoints,
                     request_deserializer=trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsRequest.FromString,
                     response_serializer=trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsResponse.SerializeToString,
+            ),
+            'DeleteJobFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJobFiles,
+                    request_deserializer=trainforge_dot_v1_dot_training__pb2.DeleteJobFilesRequest.FromString,
+                    response_serializer=trainforge_dot_v1_dot_training__pb2.DeleteJobFilesResponse.SerializeToString,
             ),
             'GenerateSyntheticData': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateSyntheticData,
@@ -571,6 +596,33 @@ class TrainingService:
             '/trainforge.v1.TrainingService/ListJobCheckpoints',
             trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsRequest.SerializeToString,
             trainforge_dot_v1_dot_training__pb2.ListJobCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJobFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainforge.v1.TrainingService/DeleteJobFiles',
+            trainforge_dot_v1_dot_training__pb2.DeleteJobFilesRequest.SerializeToString,
+            trainforge_dot_v1_dot_training__pb2.DeleteJobFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

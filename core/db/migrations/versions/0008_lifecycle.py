@@ -3,13 +3,13 @@ process reads it at its next step boundary (with the cancel and pause flags), wr
 and exits, and the worker hands the job back to the queue to resume from that checkpoint.
 
 Revision ID: 0008_lifecycle
-Revises: 0003_jobs
+Revises: 0006_worker_heartbeats
 """
 
 from alembic import op
 
 revision = "0008_lifecycle"
-down_revision = "0003_jobs"
+down_revision = "0006_worker_heartbeats"
 branch_labels = None
 depends_on = None
 
