@@ -91,6 +91,10 @@ class Settings(BaseModel):
     workers: int = Field(1, ge=0, le=64)
     # A job whose worker has not renewed its lease for this long is claimed by another worker.
     job_lease_seconds: float = Field(30.0, gt=0)
+    # On shutdown (Ctrl-C, SIGTERM) a worker asks each running job to checkpoint at its next step
+    # boundary and waits this long before stopping it; the job then goes back to the queue and the
+    # next worker resumes from that checkpoint. 0: stop at once (resume from the last periodic one).
+    job_stop_checkpoint_seconds: float = Field(60.0, ge=0, le=3600)
     # gRPC server processes behind the gateway (server.api_processes): one serves on one core.
     api_processes: int = Field(1, ge=1, le=256)
     # The most jobs of each kind running at once, across every worker on this database (0: no

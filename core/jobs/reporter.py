@@ -1,5 +1,6 @@
 """The training process's line to Postgres: progress, evaluations and checkpoints become job events
-(and update the job row), and `should_stop` reads the cancel and pause flags. Every write is
+(and update the job row), and `should_stop` reads the cancel and pause flags and the worker's
+request to checkpoint and hand the job back (release, when the worker shuts down). Every write is
 fenced by the attempt number, so a process left over from a worker that lost its lease finds out
 on its next report and stops instead of writing over the new attempt.
 
@@ -160,10 +161,12 @@ class PostgresReporter:
         if now - self._last_flags >= CHECK_FLAGS_EVERY_SECONDS:
             self._last_flags = now
             row = self._retrying(lambda: self.conn.execute(
-                "SELECT cancel_requested, pause_requested, attempt FROM jobs WHERE id = %s", (self.job_id,)).fetchone())
+                "SELECT cancel_requested, pause_requested, attempt, release_requested FROM jobs WHERE id = %s",
+                (self.job_id,)).fetchone())
             if row is None or row[2] != self.attempt:
                 raise LeaseLost(f"job {self.job_id} attempt {self.attempt} no longer owns the job")
-            self._flags = "cancel" if row[0] else "pause" if row[1] else None
+            # A user's cancel or pause wins over the worker's shutdown (release).
+            self._flags = "cancel" if row[0] else "pause" if row[1] else "release" if row[3] else None
         return self._flags
 
     def close(self) -> None:

@@ -181,7 +181,7 @@ class JobStore:
             "end_time = CASE WHEN %(t)s IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now() ELSE end_time END, "
             "lease_expires = CASE WHEN %(t)s IN ('RUNNING', 'CANCELLING') THEN lease_expires END, "
             "worker_id = CASE WHEN %(t)s IN ('RUNNING', 'CANCELLING') THEN worker_id END, "
-            "cancel_requested = (%(t)s = 'CANCELLING'), "
+            "cancel_requested = (%(t)s = 'CANCELLING'), release_requested = false, "
             # A pause asked of a running job survives its hand-back to the queue (release).
             "pause_requested = pause_requested AND %(t)s = 'QUEUED' WHERE id = %(id)s RETURNING *",
             {"t": target, "id": row["id"]})
@@ -367,7 +367,8 @@ class JobStore:
                     lease: timedelta) -> m.Job:
         cur = await conn.execute(
             "UPDATE jobs SET state = 'RUNNING', worker_id = %s, lease_expires = now() + %s, "
-            "attempt = attempt + 1, start_time = COALESCE(start_time, now()), update_time = now() "
+            "attempt = attempt + 1, start_time = COALESCE(start_time, now()), release_requested = false, "
+            "update_time = now() "
             "WHERE id = %s RETURNING *", (worker_id, lease, found["id"]))
         row = await cur.fetchone()
         message = (f"claimed by worker {worker_id} (attempt {row['attempt']})" if found["state"] == m.QUEUED else
@@ -386,6 +387,42 @@ class JobStore:
                 (lease, Jsonb(resources) if resources is not None else None, job_id, attempt))
             row = await cur.fetchone()
         return _job(row) if row else None
+
+    async def request_release(self, job_id: str, attempt: int, message: str) -> bool:
+        """Asks the training process of this attempt to checkpoint at its next step boundary and
+        exit (its worker is shutting down; the process reads the flag with cancel and pause).
+        False when the job is no longer this attempt's."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE jobs SET release_requested = true, update_time = now() "
+                "WHERE id = %s AND attempt = %s AND state = 'RUNNING' RETURNING id", (job_id, attempt))
+            if await cur.fetchone() is None:
+                return False
+            await append_event(conn, job_id, m.LOG, message)
+        return True
+
+    async def running_on(self, host: str) -> dict[str, str]:
+        """Job id -> worker id of the running jobs whose worker id names `host` (`host:pid:...`)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT id, worker_id FROM jobs WHERE state = 'RUNNING' "
+                                     "AND split_part(worker_id, ':', 1) = %s", (host,))
+            return {str(r["id"]): r["worker_id"] for r in await cur.fetchall()}
+
+    async def expire_lease(self, job_id: str, worker_id: str, message: str) -> bool:
+        """Ends the lease of `worker_id` on a running job now, so the next claim resumes the job
+        without waiting out the lease (its worker is known to be gone). False when that worker no
+        longer holds the job."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE jobs SET lease_expires = now() - interval '1 second', update_time = now() "
+                "WHERE id = %s AND worker_id = %s AND state = 'RUNNING' AND lease_expires >= now() RETURNING id",
+                (job_id, worker_id))
+            if await cur.fetchone() is None:
+                return False
+            await append_event(conn, job_id, m.LOG, message)
+            # The job is claimable now: wake idle workers as a queued job would.
+            await conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, str(job_id)))
+        return True
 
     async def release(self, job_id: str, attempt: int, message: str) -> bool:
         """Hands a running job back to the queue (its worker is shutting down); the next claim
@@ -413,7 +450,7 @@ class JobStore:
                 "result = COALESCE(%s, result), "
                 "end_time = CASE WHEN %s IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now() END, "
                 "lease_expires = NULL, worker_id = NULL, cancel_requested = false, pause_requested = false, "
-                "update_time = now() WHERE id = %s AND attempt = %s AND state IN ('RUNNING', 'CANCELLING') RETURNING id",
+                "release_requested = false, update_time = now() WHERE id = %s AND attempt = %s AND state IN ('RUNNING', 'CANCELLING') RETURNING id",
                 (state, Jsonb(error) if error else None, result_model_version_id,
                  Jsonb(result) if result is not None else None, state, job_id, attempt))
             if await cur.fetchone() is None:

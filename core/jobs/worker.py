@@ -1,9 +1,20 @@
 """A worker claims jobs from Postgres, runs each in its own process group, keeps its lease alive
 with heartbeats, and records the outcome. Every kind of job (training, evaluation, compression)
 runs this way: `execute` dispatches to the kind's runner, and each runner starts its processes
-and hands them to the same supervision (heartbeats, cancel, lease loss, stop). Many workers, on
-many machines, can share one database: claims use SKIP LOCKED, and a job whose worker stopped
-heartbeating is claimed again after its lease expires and resumes from its last checkpoint."""
+and hands them to the same supervision. Many workers, on many machines, can share one database:
+claims use SKIP LOCKED, and a job whose worker stopped heartbeating is claimed again after its
+lease expires and resumes from its last checkpoint.
+
+What supervision guarantees:
+- a job is never recorded as ended while its processes run: any failure while supervising stops
+  the process group first;
+- a database hiccup during a heartbeat is retried with backoff for as long as the lease holds;
+  resource probes never fail a job (core.jobs.resources);
+- a stopping worker asks each job to checkpoint at its next step boundary (`release_requested`),
+  waits up to `stop_checkpoint_seconds` for it, then hands the job back to the queue, so the next
+  worker resumes from that step rather than from the last periodic checkpoint;
+- a starting worker ends the leases of jobs held by workers of this host whose process is gone (a
+  crashed `serve`), so they resume at once instead of after their lease (30 s by default)."""
 
 from __future__ import annotations
 
@@ -21,8 +32,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
+
 from trainforge.core import child_task
 from trainforge.core.access.audit import Actor, acting
+from trainforge.core.child_processes import ChildRecords, group_members, pid_alive
 from trainforge.core.compression import compress_version
 from trainforge.core.compression.compress_version import VersionCompressor
 from trainforge.core.errors import AlreadyExists, TrainforgeError
@@ -57,6 +71,12 @@ class WorkerConfig:
     data_root: Path | None = None
     # The most jobs of each kind (models.KINDS) running at once across all workers; 0: no limit.
     max_running_per_kind: dict[str, int] | None = None
+    # On shutdown, how long a job may take to reach its next step boundary and write a checkpoint
+    # before it is stopped anyway (0: stop at once; it resumes from its last periodic checkpoint).
+    stop_checkpoint_seconds: float = 60.0
+    # Where the job processes are recorded, so the next start on this data directory can kill any
+    # that outlived a crashed worker (core.child_processes).
+    child_records: ChildRecords | None = None
 
 
 # Training-run state, not properties of the model: kept on the job, not on the registered version.
@@ -78,6 +98,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
+        await self._expire_leases_of_dead_local_workers()
         wake = QueueWake(self.config.dsn)
         wake.start()
         sweeper = asyncio.create_task(self._sweep(stop), name=f"trainforge-sweep-{self.worker_id}")
@@ -101,6 +122,21 @@ class Worker:
                 await self.jobs.cancel_abandoned(self.worker_id)
             except Exception:  # noqa: BLE001 - the next period tries again
                 log.warning("sweeping abandoned cancels failed", exc_info=True)
+
+    async def _expire_leases_of_dead_local_workers(self) -> None:
+        """Worker ids are `host:pid:random`. A running job held by a worker of this host whose
+        process no longer exists cannot be heartbeating: its lease is ended now so it resumes at
+        once. (A pid that was reused by another process keeps the lease until it runs out: the
+        safe side.) Assumes a hostname names one pid namespace, as it does unless containers share
+        the host's UTS namespace but not its pid namespace."""
+        host = socket.gethostname()
+        for job_id, worker_id in (await self.jobs.running_on(host)).items():
+            parts = worker_id.split(":")
+            if len(parts) != 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
+                continue
+            if await self.jobs.expire_lease(job_id, worker_id, f"worker {worker_id} is gone (process {parts[1]} "
+                                            f"is not running on {host}); the job resumes now"):
+                log.info("ended the lease of job %s: its worker %s is gone", job_id, worker_id)
 
     async def _loop(self, stop: asyncio.Event, wake: QueueWake) -> None:
         while not stop.is_set():
@@ -295,10 +331,17 @@ class Worker:
 
     async def _supervise(self, job: m.Job, process: asyncio.subprocess.Process, stop: asyncio.Event) -> str:
         """Heartbeats until the job's processes exit. Returns "exited", "cancelled", "lost" (the
-        lease went to another worker) or "released" (this worker is shutting down)."""
+        lease went to another worker, or could not be renewed) or "released" (this worker is
+        shutting down; the job checkpointed or was stopped). Whatever goes wrong in here, the
+        processes are stopped before the exception leaves: the caller then records the job as
+        failed, and a failed job must not go on training."""
+        records = self.config.child_records
+        if records is not None:
+            records.add(process.pid, f"training job {job.job_id}")
         sampler = ProcessGroupSampler(process.pid)
         exited = asyncio.ensure_future(process.wait())
         stopping = asyncio.ensure_future(stop.wait())
+        lease = _LeaseClock(self.config)
         try:
             while True:
                 await asyncio.wait({exited, stopping}, timeout=self.config.heartbeat_seconds,
@@ -306,32 +349,97 @@ class Worker:
                 if exited.done():
                     return "exited"
                 if stopping.done():
-                    await self._stop(process, grace=0.0)
-                    return "released"
-                current = await self.jobs.heartbeat(job.job_id, job.attempt, self.config.lease, sampler.sample())
+                    return await self._checkpoint_and_release(job, process, exited, sampler, lease)
+                current = await self._heartbeat(job, sampler, lease)
                 if current is None:
-                    log.warning("lost the lease of job %s; stopping its processes", job.job_id)
                     await self._stop(process)
                     return "lost"
                 if current.cancel_requested:
                     await self._stop(process)
                     return "cancelled"
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("supervising job %s failed; stopping its processes", job.job_id)
+            # Shielded: a cancelled worker task still stops the job it was running.
+            await asyncio.shield(self._stop(process))
+            raise
         finally:
             stopping.cancel()
+            if records is not None:
+                records.remove(process.pid)
+
+    async def _heartbeat(self, job: m.Job, sampler: ProcessGroupSampler, lease: _LeaseClock) -> m.Job | None:
+        """Renews the lease. A transient database error (connection lost, server restarting, pool
+        exhausted: psycopg.OperationalError) is retried with backoff while the lease still holds;
+        None when the job is no longer this attempt's or the lease could not be renewed in time."""
+        delay = HEARTBEAT_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                current = await self.jobs.heartbeat(job.job_id, job.attempt, self.config.lease, sampler.sample())
+            except psycopg.OperationalError as exc:
+                left = lease.seconds_left()
+                if left <= 0:
+                    log.error("could not renew the lease of job %s before it ran out (%s); stopping its processes",
+                              job.job_id, exc)
+                    return None
+                log.warning("heartbeat of job %s failed (%s); retrying in %.1f s", job.job_id, exc, min(delay, left))
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, HEARTBEAT_RETRY_MAX_SECONDS)
+                continue
+            if current is None:
+                log.warning("lost the lease of job %s; stopping its processes", job.job_id)
+            else:
+                lease.renewed()
+            return current
+
+    async def _checkpoint_and_release(self, job: m.Job, process: asyncio.subprocess.Process,
+                                      exited: asyncio.Future, sampler: ProcessGroupSampler, lease: _LeaseClock) -> str:
+        """This worker is stopping. Asks the job to checkpoint at its next step boundary and exit
+        (EXIT_RELEASED), keeps its lease alive meanwhile, and stops it once
+        `stop_checkpoint_seconds` have passed. Returns "released", or "exited" when the job ended
+        another way meanwhile (finished, failed, or cancelled or paused by its owner), or "lost"."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stop_checkpoint_seconds
+        asked = False
+        # Only training checkpoints: an evaluation or compression is stopped at once and runs again.
+        if self.config.stop_checkpoint_seconds > 0 and job.kind == m.TRAINING:
+            log.info("shutting down: job %s checkpoints at its next step (waiting up to %.0f s)", job.job_id,
+                     self.config.stop_checkpoint_seconds)
+            try:
+                asked = await self.jobs.request_release(
+                    job.job_id, job.attempt, f"worker {self.worker_id} is shutting down; the job checkpoints at its "
+                    f"next step and goes back to the queue (at most {self.config.stop_checkpoint_seconds:.0f} s)")
+            except psycopg.Error as exc:
+                log.warning("could not ask job %s to checkpoint (%s); stopping it", job.job_id, exc)
+            else:
+                if not asked:
+                    await self._stop(process)
+                    return "lost"
+        while asked and not exited.done() and (left := deadline - loop.time()) > 0:
+            await asyncio.wait({exited}, timeout=min(self.config.heartbeat_seconds, left))
+            if not exited.done() and await self._heartbeat(job, sampler, lease) is None:
+                await self._stop(process)
+                return "lost"
+        if exited.done():
+            return "released" if process.returncode == launch.EXIT_RELEASED else "exited"
+        if asked:
+            log.warning("job %s did not checkpoint within %.0f s of the shutdown; stopping it", job.job_id,
+                        self.config.stop_checkpoint_seconds)
+        await self._stop(process)
+        return "released"
 
     async def _stop(self, process: asyncio.subprocess.Process, grace: float | None = None) -> None:
-        """SIGTERM to the whole group, SIGKILL after the grace period."""
+        """SIGTERM to the whole group, SIGKILL after the grace period; returns once no process of
+        the group is left (DeepSpeed's ranks outlive their launcher by a moment), or 5 s after
+        SIGKILL at worst."""
         grace = self.config.stop_grace_seconds if grace is None else grace
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                await asyncio.wait_for(process.wait(), wait)
+            if await _group_ended(process, wait):
                 return
-            except TimeoutError:
-                continue
 
     async def _register(self, job: m.Job, output_dir: Path) -> str:
         result = TrainResult.read(output_dir)
@@ -362,6 +470,42 @@ class Worker:
             if version.lineage.job_id != job.job_id:
                 raise
         return version.model_version_id
+
+
+async def _group_ended(process: asyncio.subprocess.Process, timeout: float) -> bool:
+    """Waits up to `timeout` for the group's first process to exit and every other one to be gone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        return False
+    while group_members(process.pid, since_ticks=0):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+HEARTBEAT_RETRY_FIRST_SECONDS = 0.25
+HEARTBEAT_RETRY_MAX_SECONDS = 4.0
+
+
+class _LeaseClock:
+    """When this worker's lease on a job runs out, by the worker's own clock: the last renewal
+    plus the lease, less one heartbeat interval so the processes are stopped before another
+    worker can claim the job (the database's clock decides the claim)."""
+
+    def __init__(self, config: WorkerConfig):
+        self.lease = config.lease.total_seconds()
+        self.margin = min(config.heartbeat_seconds, self.lease / 3)
+        self._renewed = asyncio.get_running_loop().time()  # the claim set the lease
+
+    def renewed(self) -> None:
+        self._renewed = asyncio.get_running_loop().time()
+
+    def seconds_left(self) -> float:
+        return self._renewed + self.lease - self.margin - asyncio.get_running_loop().time()
 
 
 def _failure_message(output_dir: Path, log_path: Path, rc: int | None) -> str:

@@ -5,8 +5,8 @@
 
 The loop is explicit (no HF Trainer): gradient accumulation, clipping at 1.0 with the norm before
 clipping reported, tokens/s, evaluation every `eval_steps` (or once per epoch) with early stopping,
-a checkpoint every `save_steps` (older ones pruned per `checkpointing`), pause and cancel between
-optimiser steps, TensorBoard scalars.
+a checkpoint every `save_steps` (older ones pruned per `checkpointing`), pause, cancel and release
+(checkpoint now, resume elsewhere) between optimiser steps, TensorBoard scalars.
 
 Measured on 2 CPU cores (this repository's CI machine), float32:
 - tiny Llama (hidden 32, 2 layers, 20k parameters), batch 4 x ~30 tokens: ~25 ms a step, 25 steps
@@ -217,7 +217,7 @@ def train(config: ResolvedConfig, output_dir: Path, reporter: Reporter, resume_f
                 last_checkpoint = _checkpoint(output_dir, runtime, state, model, optimizer, scheduler, engine,
                                               config, result, report, zero_stage, resume_dir)
             asked = broadcast_object(runtime, report.should_stop())
-            if asked in ("pause", "cancel") and stop_reason is None:
+            if asked in ("pause", "cancel", "release") and stop_reason is None:
                 stop_reason = asked
         if micro >= plan.micro_steps_per_epoch:
             state.epoch += 1
@@ -225,12 +225,15 @@ def train(config: ResolvedConfig, output_dir: Path, reporter: Reporter, resume_f
 
     # -- finish ----------------------------------------------------------------------------------
     result.global_step, result.epoch = state.global_step, min(state.epoch + 1, total_epochs)
-    if stop_reason == "pause":
+    if stop_reason in ("pause", "release"):
+        # Both resume later from this checkpoint: paused by its owner, or released by a worker
+        # that is shutting down (another worker claims it and goes on from this step).
         if last_checkpoint is None or ckpt.read_state(last_checkpoint)["global_step"] != state.global_step:
             last_checkpoint = _checkpoint(output_dir, runtime, state, model, optimizer, scheduler, engine, config,
                                           result, report, zero_stage, resume_dir)
-        result.status, result.checkpoint_dir = "paused", last_checkpoint
-        report.log(f"paused at step {state.global_step}; checkpoint {last_checkpoint}")
+        result.status = "paused" if stop_reason == "pause" else "released"
+        result.checkpoint_dir = last_checkpoint
+        report.log(f"{result.status} at step {state.global_step}; checkpoint {last_checkpoint}")
         return _close(result, writer)
     if stop_reason == "cancel":
         result.status, result.checkpoint_dir = "cancelled", last_checkpoint

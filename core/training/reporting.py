@@ -31,8 +31,9 @@ class Reporter(Protocol):
         """A line for the job's log."""
 
     def should_stop(self) -> str | None:
-        """"cancel" or "pause" when the job's owner asked for it; None to go on. Called after every
-        optimiser step, so it should be cheap (rate-limit any remote look-up)."""
+        """"cancel" or "pause" when the job's owner asked for it, "release" when its worker is
+        shutting down (checkpoint now and exit; the job resumes elsewhere); None to go on. Called
+        after every optimiser step, so it should be cheap (rate-limit any remote look-up)."""
 
 
 class NullReporter:

@@ -31,7 +31,7 @@ from trainforge.server.cli.common import (
 )
 from trainforge.server.cli.database import admin_database
 from trainforge.server.observability import configure_logging
-from trainforge.server.service import WorkerGroup, worker_config
+from trainforge.server.service import WorkerGroup, child_records, worker_config
 
 
 def worker(
@@ -52,6 +52,9 @@ def worker(
             stop = asyncio.Event()
             stop_on_signals(stop)
             settings.ensure_dirs()
+            # Training processes a killed worker on this data directory left behind go first: the
+            # jobs they ran resume here, in the same output folders.
+            await asyncio.to_thread(child_records(settings).reap)
             # Per worker: one connection for claims and heartbeats, one for registering a result; one
             # for the process's own heartbeat.
             pool = await open_pool(database.dsn, min_size=1, max_size=2 * concurrency + 2)

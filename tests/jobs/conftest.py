@@ -50,10 +50,12 @@ class BackgroundWorker:
     cache is the user's (~/.cache/trainforge/models): the packaged base model is converted once per
     machine (~21 s), not once per test session."""
 
-    def __init__(self, settings, dsn: str, lease_seconds: float = 6.0, *, worker_id: str = "test-worker",
+    def __init__(self, settings, dsn: str, lease_seconds: float = 6.0, *, jobs_class: type[JobStore] = JobStore,
+                 worker_id: str = "test-worker", stop_checkpoint_seconds: float = 60.0,
                  limits: dict[str, int] | None = None):
         self.settings, self.dsn, self.lease = settings, dsn, lease_seconds
-        self.worker_id, self.limits = worker_id, limits
+        self.jobs_class, self.worker_id, self.stop_checkpoint_seconds = jobs_class, worker_id, stop_checkpoint_seconds
+        self.limits = limits
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -66,8 +68,9 @@ class BackgroundWorker:
             config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
                                   poll_seconds=0.2, model_cache=default_cache_dir(),
-                                  data_root=self.settings.data_dir_root, max_running_per_kind=self.limits)
-            await Worker(JobStore(pool), registry, config, worker_id=self.worker_id).run(self._stop)
+                                  data_root=self.settings.data_dir_root, max_running_per_kind=self.limits,
+                                  stop_checkpoint_seconds=self.stop_checkpoint_seconds)
+            await Worker(self.jobs_class(pool), registry, config, worker_id=self.worker_id).run(self._stop)
         finally:
             await pool.close()
 

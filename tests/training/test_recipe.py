@@ -102,6 +102,18 @@ def test_pause_checkpoints_and_resume_reproduces_the_uninterrupted_run(roots, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_release_checkpoints_at_the_step_reached_and_the_run_continues_from_it(roots, tmp_path):
+    # A worker shutting down asks for "release": checkpoint now (save_steps is far), status released.
+    settings = {"hyperparameters": {"epochs": 2, "save_steps": 100, "eval_steps": 100}}
+    released, reporter = run(roots, tmp_path / "job", RecordingReporter("release", at=3), **settings)
+    assert released.status == "released" and released.global_step == 3
+    assert [e[1] for e in reporter.of("checkpoint")] == [3]
+    assert released.checkpoint_dir == find_checkpoint(tmp_path / "job") and released.checkpoint_dir.name == "step-00000003"
+    assert not (tmp_path / "job" / "model").exists()
+    resumed, reporter = run(roots, tmp_path / "job", resume=tmp_path / "job", **settings)
+    assert resumed.status == "succeeded" and [e[1] for e in reporter.of("progress")][0] == 4
+
+
 def test_early_stopping_stops_when_the_validation_loss_stops_improving(roots, tmp_path):
     result, reporter = run(roots, tmp_path / "out", hyperparameters={"epochs": 10, "eval_steps": 1, "learning_rate": 1.0},
                            optimization={"early_stopping": {"enabled": True, "patience": 2}},

@@ -7,13 +7,13 @@ job's processes; the claim and queue indexes include it because a CANCELLING job
 worker (or, with an expired lease, waits for someone to notice that its worker is gone).
 
 Revision ID: 0005_job_kinds
-Revises: 0006_worker_heartbeats
+Revises: 0008_lifecycle
 """
 
 from alembic import op
 
 revision = "0005_job_kinds"
-down_revision = "0006_worker_heartbeats"
+down_revision = "0008_lifecycle"
 branch_labels = None
 depends_on = None
 
