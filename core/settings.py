@@ -55,6 +55,17 @@ def _readable(path: Path) -> str:
     return ""
 
 
+def _certificate_problem(path: Path) -> str:
+    """'' when `path` is a readable PEM certificate (or bundle), else what is wrong with it."""
+    problem = _readable(path)
+    if not problem:
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError as exc:
+            problem = f"{path} is not a PEM certificate ({exc.reason or exc})"
+    return problem
+
+
 def _no_password() -> bytes:
     return b""  # an encrypted key then fails to load, rather than OpenSSL asking on the terminal
 
@@ -139,13 +150,7 @@ class Settings(BaseModel):
     def _tls_cert(cls, value: str, info: ValidationInfo) -> str:
         if not value:
             return value
-        path = _tls_path(value, info)
-        problem = _readable(path)
-        if not problem:
-            try:
-                ssl.create_default_context(cafile=str(path))
-            except ssl.SSLError as exc:
-                problem = f"{path} is not a PEM certificate ({exc.reason or exc})"
+        problem = _certificate_problem(_tls_path(value, info))
         if problem:
             raise ValueError(problem)
         return value
@@ -182,13 +187,7 @@ class Settings(BaseModel):
             return value
         if info.data.get("tls_cert_file") == "":
             raise ValueError("needs tls_cert_file and tls_key_file: clients check the server first")
-        path = _tls_path(value, info)
-        problem = _readable(path)
-        if not problem:
-            try:
-                ssl.create_default_context(cafile=str(path))
-            except ssl.SSLError as exc:
-                problem = f"{path} is not a PEM certificate ({exc.reason or exc})"
+        problem = _certificate_problem(_tls_path(value, info))
         if problem:
             raise ValueError(problem)
         return value
