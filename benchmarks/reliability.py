@@ -772,8 +772,7 @@ def load(cluster: EmbeddedPostgres, base: Path, tiny_model: Path, options: Optio
 
 # -- scenario: schemathesis -----------------------------------------------------------------------
 
-UNIMPLEMENTED_OPERATIONS = ("DeployModel", "ListDeployments", "GetDeployment", "RollbackDeployment",
-                            "CheckDeploymentHealth", "GenerateSyntheticData")
+UNIMPLEMENTED_OPERATIONS = ("GenerateSyntheticData",)
 
 
 def run_schemathesis(cluster: EmbeddedPostgres, base: Path, tiny_model: Path, options: Options) -> dict:

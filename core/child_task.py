@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from trainforge.core.errors import FieldViolation, InvalidArgument, Unavailable
+from trainforge.core import errors
+from trainforge.core.errors import FieldViolation, InvalidArgument, TrainforgeError, Unavailable
 
 
 def read_reply(stdout: str, stderr_tail: str, returncode: int | None, what: str) -> dict[str, Any]:
@@ -24,6 +25,10 @@ def read_reply(stdout: str, stderr_tail: str, returncode: int | None, what: str)
     if returncode != 0 or "error" in reply or "result" not in reply:
         if reply.get("violations"):
             raise InvalidArgument([FieldViolation(v["field"], v["description"]) for v in reply["violations"]])
+        error_class = getattr(errors, reply.get("error_type", ""), None)
+        if isinstance(error_class, type) and issubclass(error_class, TrainforgeError) and error_class is not InvalidArgument:
+            # A domain error keeps its class across the boundary (DATA_LOSS stays DATA_LOSS).
+            raise error_class(reply["error"][:2000], reason=reply.get("reason"), metadata=reply.get("metadata"))
         error = reply.get("error") or f"exited with {returncode}: {stderr_tail}"
         raise Unavailable(f"{what} failed: {error}"[:2000])
     return reply["result"]
@@ -37,6 +42,10 @@ def child_main(handle: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     except InvalidArgument as exc:
         print(json.dumps({"error": exc.message, "violations": [
             {"field": v.field, "description": v.description} for v in exc.violations]}))
+    except TrainforgeError as exc:
+        print(json.dumps({"error": exc.message, "error_type": type(exc).__name__, "reason": exc.reason,
+                          "metadata": {k: str(v) for k, v in exc.metadata.items()}}))
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one JSON line
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         sys.exit(1)

@@ -113,6 +113,8 @@ class Settings(BaseModel):
     max_running_training_jobs: int = Field(0, ge=0, le=10_000)
     max_running_evaluation_jobs: int = Field(2, ge=0, le=10_000)
     max_running_compression_jobs: int = Field(1, ge=0, le=10_000)
+    # Deployments export GGUF files and upload them; a few at once keep disks and links busy enough.
+    max_running_deployment_jobs: int = Field(2, ge=0, le=10_000)
     # GPUs this process's workers hand out, one set per job (core.jobs.devices): "auto" reads
     # CUDA_VISIBLE_DEVICES, else counts the GPUs through NVML; "none" runs every job on the CPU;
     # or a list such as "0,1,2,3".
@@ -130,6 +132,22 @@ class Settings(BaseModel):
     backup_dir: Path = Path("backups")
     # How many to keep: after each backup the older ones are deleted.
     backup_keep: int = Field(7, ge=1, le=100_000)
+    # Deploy targets (trainforge.core.deploy.targets). Ollama: the server a deployment pushes to.
+    ollama_host: str = "http://127.0.0.1:11434"
+    # Hugging Face hub: the endpoint and the namespace (user or organisation) repos are created
+    # under; the token is read from HF_TOKEN in the environment, never from a file or the database.
+    huggingface_endpoint: str = "https://huggingface.co"
+    huggingface_namespace: str = ""
+    # S3-compatible storage: endpoint, bucket and key prefix; credentials from the standard AWS
+    # environment variables or config files.
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "trainforge"
+    s3_region: str = "us-east-1"
+    # Local deployments: the address their server processes listen on (the gateway reaches them
+    # there), and how long a request in flight may take to finish when a rollout replaces one.
+    serving_host: str = "127.0.0.1"
+    serving_drain_seconds: float = Field(30.0, ge=0, le=3600)
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -208,7 +226,8 @@ class Settings(BaseModel):
         from trainforge.core.jobs import models as jobs
 
         return {jobs.TRAINING: self.max_running_training_jobs, jobs.EVALUATION: self.max_running_evaluation_jobs,
-                jobs.COMPRESSION: self.max_running_compression_jobs}
+                jobs.COMPRESSION: self.max_running_compression_jobs,
+                jobs.DEPLOYMENT: self.max_running_deployment_jobs}
 
     @property
     def tls(self) -> TlsFiles | None:

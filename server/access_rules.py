@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     _D + "GetDeployment": _r("viewer", "deployment_id"),
     _D + "RollbackDeployment": _r("admin", "deployment_id", mutating=True),
     _D + "CheckDeploymentHealth": _r("viewer", "deployment_id"),
+    _D + "UndeployDeployment": _r("admin", "deployment_id", mutating=True),
     # Infrastructure: health checks are anonymous; reflection describes the API to any key.
     "/grpc.health.v1.Health/Check": _r(ANONYMOUS),
     "/grpc.health.v1.Health/Watch": _r(ANONYMOUS),

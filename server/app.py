@@ -20,6 +20,8 @@ from trainforge.core.access.audit import AuditLog
 from trainforge.core.access.keys import KeyStore
 from trainforge.core.compression.compress_version import VersionCompressor
 from trainforge.core.db.pool import open_pool
+from trainforge.core.deploy.store import DeploymentStore
+from trainforge.core.deploy.target_factory import target_config
 from trainforge.core.jobs.evaluation import ModelEvaluator
 from trainforge.core.jobs.job_files import JobFiles
 from trainforge.core.jobs.spec import JobSpecPreparer
@@ -105,7 +107,8 @@ async def create_server(settings: Settings, deps: Deps, *, gateway_port: int | N
     compressor = VersionCompressor(deps.registry, settings.data_dir_root)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(deps.registry, compressor, deps.jobs),
                                                             server)
-    deploy_pb2_grpc.add_DeployServiceServicer_to_server(DeployService(), server)
+    deploy_pb2_grpc.add_DeployServiceServicer_to_server(
+        DeployService(DeploymentStore(deps.pool, deps.jobs), deps.registry, target_config(settings)), server)
     # The gateway's body check: REST body keys the transcoder would drop (server.body_fields).
     schema = BodySchema([training_pb2.DESCRIPTOR.services_by_name["TrainingService"],
                          registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],

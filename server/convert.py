@@ -10,8 +10,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from trainforge.core.registry import models as domain
 from trainforge.server.errors import code_of_error_type
+from trainforge.v1 import deploy_pb2, training_pb2
 from trainforge.v1 import registry_pb2 as pb
-from trainforge.v1 import training_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -165,18 +165,22 @@ def progress(values: dict) -> training_pb2.Progress:
     return training_pb2.Progress(**{k: values[k] for k in _PROGRESS_FIELDS if k in values})
 
 
+def error_status(error: dict | None) -> status_pb2.Status | None:
+    """A job's or deployment's recorded error ({code or type, message, reason, metadata})."""
+    if not error:
+        return None
+    details = []
+    if error.get("reason"):
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=error["reason"], domain="trainforge",
+                                              metadata=error.get("metadata") or {}))
+        details.append(info)
+    code = error["code"] if "code" in error else code_of_error_type(error.get("type", ""))
+    return status_pb2.Status(code=int(code), message=error.get("message", ""), details=details)
+
+
 def job(j) -> training_pb2.Job:
-    error = None
-    if j.error:
-        details = []
-        if j.error.get("reason"):
-            info = any_pb2.Any()
-            info.Pack(error_details_pb2.ErrorInfo(reason=j.error["reason"], domain="trainforge",
-                                                  metadata=j.error.get("metadata") or {}))
-            details.append(info)
-        code = j.error["code"] if "code" in j.error else code_of_error_type(j.error.get("type", ""))
-        error = status_pb2.Status(code=int(code), message=j.error.get("message", ""),
-                                  details=details)
+    error = error_status(j.error)
     resources = training_pb2.ResourceUsage(**{k: float(v) for k, v in (j.resources or {}).items()
                                               if k in training_pb2.ResourceUsage.DESCRIPTOR.fields_by_name})
     message = training_pb2.Job(
@@ -195,7 +199,8 @@ def job(j) -> training_pb2.Job:
 
 
 _KIND_FIELDS = {"TRAINING": ("spec", ""), "EVALUATION": ("evaluation", "evaluation_result"),
-                "COMPRESSION": ("compression", "compression_result")}
+                "COMPRESSION": ("compression", "compression_result"),
+                "DEPLOYMENT": ("deployment", "deployment_result")}
 
 
 def job_event(e) -> training_pb2.JobEvent:
@@ -219,3 +224,24 @@ def workers_health(r) -> training_pb2.WorkersHealth:
             worker_id=w.worker_id, host=w.host, pid=w.pid, start_time=timestamp(w.start_time),
             last_seen_time=timestamp(w.last_seen), concurrency=w.concurrency, running_jobs=w.running_jobs,
             gpus=list(w.gpus)) for w in r.live])
+
+
+def deployment_health(deployment_id: str, h: dict | None) -> deploy_pb2.DeploymentHealth | None:
+    if not h:
+        return None
+    check_time = timestamp_pb2.Timestamp()
+    check_time.FromNanoseconds(int(float(h.get("check_time", 0)) * 1e9))
+    return deploy_pb2.DeploymentHealth(deployment_id=deployment_id, healthy=bool(h.get("healthy")),
+                                       detail=h.get("detail", ""), latency_ms=float(h.get("latency_ms", 0)),
+                                       check_time=check_time)
+
+
+def deployment(x) -> deploy_pb2.Deployment:
+    return deploy_pb2.Deployment(
+        deployment_id=x.deployment_id, model_version_id=x.model_version_id, target=x.target, endpoint=x.endpoint,
+        state=deploy_pb2.DeploymentState.Value("DEPLOYMENT_STATE_" + x.state), auto_rollback=x.auto_rollback,
+        health_check_enabled=x.health_check_enabled, health_check_timeout=x.health_check_timeout_ms,
+        deployment_tags=list(x.deployment_tags), previous_deployment_id=x.previous_deployment_id,
+        error=error_status(x.error), create_time=timestamp(x.create_time), update_time=timestamp(x.update_time),
+        alias=x.alias, job_id=x.job_id, model_name=x.model_name, version=x.version, engine=x.engine,
+        serving_path=x.serving_path, last_health=deployment_health(x.deployment_id, x.last_health))

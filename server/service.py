@@ -31,12 +31,15 @@ from trainforge.core.backup.schedule import BackupSchedule
 from trainforge.core.child_processes import ChildRecords
 from trainforge.core.db import migrate
 from trainforge.core.db.embedded import EmbeddedPostgres
+from trainforge.core.deploy.store import DeploymentStore
+from trainforge.core.deploy.target_factory import target_config
 from trainforge.core.errors import FailedPrecondition, Unavailable
 from trainforge.core.jobs.devices import DeviceAllocator, visible_gpus
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
 from trainforge.core.jobs.worker_heartbeats import WorkerDirectory, WorkerHeartbeat
 from trainforge.core.registry.store import RegistryStore
+from trainforge.core.serving.supervisor import ServingSupervisor
 from trainforge.core.settings import Settings, is_loopback
 from trainforge.server.api_processes import ApiProcessPool, free_loopback_port
 from trainforge.server.app import Deps, create_server, open_deps, stop_server
@@ -255,7 +258,8 @@ def worker_config(settings: Settings, dsn: str) -> WorkerConfig:
                         model_cache=settings.data_dir / "model-cache", data_root=settings.data_dir_root,
                         max_running_per_kind=settings.max_running_per_kind,
                         stop_checkpoint_seconds=settings.job_stop_checkpoint_seconds,
-                        child_records=child_records(settings))
+                        child_records=child_records(settings), deploy_config=target_config(settings),
+                        serving_dir=settings.data_dir / "serving")
 
 
 class WorkerGroup:
@@ -410,6 +414,21 @@ class Service:
                                       settings.workers, gpus=visible_gpus(settings.gpus))
                 workers.start()
                 stack.push_async_callback(workers.stop)
+
+            # Local deployments: one server process each, and the gateway's stable paths to them.
+            routes = getattr(envoy, "serving_routes", None)
+            supervisor = ServingSupervisor(
+                DeploymentStore(deps.pool, deps.jobs), dsn, settings.data_dir / "serving" / "run",
+                host=settings.serving_host, records=records, drain_seconds=settings.serving_drain_seconds,
+                apply_routes=(lambda table: asyncio.to_thread(routes.apply, table)) if routes is not None else None)
+            supervisor_stop = asyncio.Event()
+            supervising = asyncio.create_task(supervisor.run(supervisor_stop), name="trainforge-serving-supervisor")
+
+            async def stop_supervisor() -> None:  # its servers drain before the gateway goes
+                supervisor_stop.set()
+                await asyncio.wait({supervising})
+
+            stack.push_async_callback(stop_supervisor)
 
             if settings.backup_interval_hours > 0:
                 backups = BackupSchedule(dsn, settings.artifacts_dir, settings.backups_dir,

@@ -96,19 +96,25 @@ class JobStore:
     # -- the API's side ------------------------------------------------------------------------
     async def create(self, name: str, spec: dict[str, Any], owner_key_id: str, *, start: bool,
                      kind: str = m.TRAINING) -> m.Job:
+        async with self.pool.connection() as conn, audited_transaction(conn):
+            return await self.insert(conn, name, spec, owner_key_id, start=start, kind=kind)
+
+    async def insert(self, conn: psycopg.AsyncConnection, name: str, spec: dict[str, Any], owner_key_id: str, *,
+                     start: bool, kind: str = m.TRAINING, job_id: uuid.UUID | None = None) -> m.Job:
+        """`create` inside the caller's transaction on `conn`, for a record that must commit
+        together with its job (a deployment and the job that works on it)."""
         if kind not in m.KINDS:
             raise InvalidArgument.one("kind", f"unknown job kind {kind!r}")
-        job_id = uuid.uuid4()
-        async with self.pool.connection() as conn, audited_transaction(conn):
-            if start:
-                await self._check_active_limit(conn, owner_key_id)
-            cur = await conn.execute(
-                "INSERT INTO jobs (id, name, spec, state, kind, owner_key_id, queue_time) "
-                "VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING *",
-                (job_id, name, Jsonb(spec), m.QUEUED if start else m.PENDING, kind, owner_key_id, start))
-            row = await cur.fetchone()
-            await append_event(conn, job_id, m.STATE_CHANGED,
-                               f"{kind.lower()} job created ({row['state'].lower()})")
+        job_id = job_id or uuid.uuid4()
+        if start:
+            await self._check_active_limit(conn, owner_key_id)
+        cur = await conn.execute(
+            "INSERT INTO jobs (id, name, spec, state, kind, owner_key_id, queue_time) "
+            "VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING *",
+            (job_id, name, Jsonb(spec), m.QUEUED if start else m.PENDING, kind, owner_key_id, start))
+        row = await cur.fetchone()
+        await append_event(conn, job_id, m.STATE_CHANGED,
+                           f"{kind.lower()} job created ({row['state'].lower()})")
         return _job(row)
 
     async def _check_active_limit(self, conn: psycopg.AsyncConnection, owner_key_id: str) -> None:
@@ -439,6 +445,14 @@ class JobStore:
             else:
                 await self._move(conn, row, m.QUEUED, message)
         return True
+
+    async def log(self, job_id: str, attempt: int, message: str) -> None:
+        """A LOG event on this attempt's running job (a step of work that has no progress figure)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT 1 FROM jobs WHERE id = %s AND attempt = %s AND state IN "
+                                     "('RUNNING', 'CANCELLING')", (job_id, attempt))
+            if await cur.fetchone() is not None:
+                await append_event(conn, job_id, m.LOG, message)
 
     async def finish(self, job_id: str, attempt: int, state: str, message: str, *, error: dict | None = None,
                      result_model_version_id: str | None = None, result: dict | None = None) -> bool:

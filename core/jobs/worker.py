@@ -39,6 +39,7 @@ from trainforge.core.access.audit import Actor, acting
 from trainforge.core.child_processes import ChildRecords, group_members, pid_alive
 from trainforge.core.compression import compress_version
 from trainforge.core.compression.compress_version import VersionCompressor
+from trainforge.core.deploy import deploy_job
 from trainforge.core.errors import AlreadyExists, TrainforgeError
 from trainforge.core.jobs import evaluation, launch
 from trainforge.core.jobs import models as m
@@ -77,6 +78,10 @@ class WorkerConfig:
     # Where the job processes are recorded, so the next start on this data directory can kill any
     # that outlived a crashed worker (core.child_processes).
     child_records: ChildRecords | None = None
+    # Deploy jobs: the remote targets' settings (core.deploy.target_factory.target_config) and
+    # where exported GGUF files are kept for the local servers that load them.
+    deploy_config: dict | None = None
+    serving_dir: Path | None = None
 
 
 # Training-run state, not properties of the model: kept on the job, not on the registered version.
@@ -169,7 +174,7 @@ class Worker:
         """Runs one claimed job to its end, by its kind's runner. `gpus`: the GPUs the allocator gave
         it (None: the spec's `distributed.devices` as given, for a caller without an allocator)."""
         runner = {m.TRAINING: self._run_training, m.EVALUATION: self._run_evaluation,
-                  m.COMPRESSION: self._run_compression}[job.kind]
+                  m.COMPRESSION: self._run_compression, m.DEPLOYMENT: self._run_deployment}[job.kind]
         await runner(job, stop or asyncio.Event(), gpus)
 
     async def _run_training(self, job: m.Job, stop: asyncio.Event, gpus: list[str] | None) -> None:
@@ -266,6 +271,9 @@ class Worker:
                                f"succeeded; registered {version.name}:{version.version} ({version.model_version_id})",
                                result_model_version_id=version.model_version_id,
                                result=compress_version.job_result(version))
+
+    async def _run_deployment(self, job: m.Job, stop: asyncio.Event, gpus: list[str] | None) -> None:
+        await deploy_job.run_deployment(self, job, stop, gpus)
 
     async def _run_child(self, job: m.Job, module: str, request: dict, stop: asyncio.Event, what: str,
                          gpus: list[str] | None) -> dict | None:

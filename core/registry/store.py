@@ -483,6 +483,12 @@ class RegistryStore:
                 total = (await cur.fetchone())["n"]
         return Page(tuple(_version_from_row(r) for r in rows), pagination.next_token(offset, size, total, query), total)
 
+    async def resolve_version(self, ref: str, field: str) -> ModelVersion:
+        """A version named by `<model_version_id>`, `name:version` or `name@alias`; `field` names
+        the request field in errors."""
+        async with self.pool.connection() as conn:
+            return await self._resolve_ref(conn, ref, field)
+
     async def get_version(self, ref: str, version: str) -> ModelVersion:
         async with self.pool.connection() as conn:
             model = await self._model_row(conn, ref)

@@ -130,11 +130,6 @@ def test_versions_history_usage_and_health_paths(rest):
 
 @pytest.mark.parametrize("method,path,body", [
     ("POST", "/api/training/synthetic-data", SEED_SYNTHETIC),
-    ("POST", "/api/training/deploy/0d9f3a4e-0000-4000-8000-000000000000", SEED_DEPLOY),
-    ("GET", "/api/training/deploy/-", None),
-    ("GET", "/api/training/deploy/v/deployments/d", None),
-    ("POST", "/api/training/deploy/v/deployments/d/rollback", None),
-    ("GET", "/api/training/deploy/v/deployments/d/health", None),
 ])
 def test_every_other_rpc_answers_through_envoy(rest, method, path, body):
     """Capabilities of later releases parse the seed's bodies and answer 501 naming themselves."""

@@ -9,7 +9,7 @@ more examples, is the reliability suite's (benchmarks/reliability.py, `schemathe
 It runs on its own database, data dir, gRPC server and Envoy: the calls are destructive (delete,
 cancel, alias changes) and create jobs, which would change what other tests of the session count.
 No worker runs, so a CreateJob with `start` only queues a job: nothing trains. No operation is
-left out; those this release does not implement (deployment, synthetic data) must answer 501 with
+left out; those this release does not implement (synthetic data) must answer 501 with
 gRPC code UNIMPLEMENTED, and only that 5xx is accepted from them."""
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from trainforge.server.runner import BackgroundServer
 pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
 
 EXAMPLES_PER_OPERATION = 4
-# Operations whose servicer raises Unimplemented (server/deploy_service.py, GenerateSyntheticData).
-UNIMPLEMENTED = {"DeployModel", "ListDeployments", "GetDeployment", "RollbackDeployment", "CheckDeploymentHealth",
-                 "GenerateSyntheticData"}
+# Operations whose servicer raises Unimplemented.
+UNIMPLEMENTED = {"GenerateSyntheticData"}
 GRPC_UNIMPLEMENTED = 12
 OPENAPI = Path(__file__).resolve().parents[2] / "gateway" / "openapi.json"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrainforge/v1/deploy.proto\x12\rtrainforge.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xcf\x03\n\nDeployment\x12\x1b\n\rdeployment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10model_version_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x08\x65ndpoint\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1e.trainforge.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\x15\n\rauto_rollback\x18\x06 \x01(\x08\x12\x1c\n\x14health_check_enabled\x18\x07 \x01(\x08\x12\x1c\n\x14health_check_timeout\x18\x08 \x01(\x05\x12\x17\n\x0f\x64\x65ployment_tags\x18\t \x03(\t\x12$\n\x16previous_deployment_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x8e\x01\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12.\n\ncheck_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x12\x44\x65ployModelRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06target\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rauto_rollback\x18\x03 \x01(\x08\x12\x1c\n\x14health_check_timeout\x18\x04 \x01(\x05\x12!\n\x14health_check_enabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0f\x64\x65ployment_tags\x18\x06 \x03(\tB\x17\n\x15_health_check_enabled\">\n\x13\x44\x65ployModelResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"_\n\x16ListDeploymentsRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x17ListDeploymentsResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x19.trainforge.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14GetDeploymentRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x15GetDeploymentResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"X\n\x19RollbackDeploymentRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x1aRollbackDeploymentResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"[\n\x1c\x43heckDeploymentHealthRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x1d\x43heckDeploymentHealthResponse\x12-\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1f.trainforge.v1.DeploymentHealth*\x8f\x02\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_DEPLOYING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_HEALTHY\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_UNHEALTHY\x10\x04\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x05\x12 \n\x1c\x44\x45PLOYMENT_STATE_ROLLED_BACK\x10\x06\x12\x1f\n\x1b\x44\x45PLOYMENT_STATE_SUPERSEDED\x10\x07\x32\xe6\x06\n\rDeployService\x12\x88\x01\n\x0b\x44\x65ployModel\x12!.trainforge.v1.DeployModelRequest\x1a\".trainforge.v1.DeployModelResponse\"2\x82\xd3\xe4\x93\x02,\"\'/api/training/deploy/{model_version_id}:\x01*\x12\x91\x01\n\x0fListDeployments\x12%.trainforge.v1.ListDeploymentsRequest\x1a&.trainforge.v1.ListDeploymentsResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/api/training/deploy/{model_version_id}\x12\xa7\x01\n\rGetDeployment\x12#.trainforge.v1.GetDeploymentRequest\x1a$.trainforge.v1.GetDeploymentResponse\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/api/training/deploy/{model_version_id}/deployments/{deployment_id}\x12\xc2\x01\n\x12RollbackDeployment\x12(.trainforge.v1.RollbackDeploymentRequest\x1a).trainforge.v1.RollbackDeploymentResponse\"W\x82\xd3\xe4\x93\x02Q\"L/api/training/deploy/{model_version_id}/deployments/{deployment_id}/rollback:\x01*\x12\xc6\x01\n\x15\x43heckDeploymentHealth\x12+.trainforge.v1.CheckDeploymentHealthRequest\x1a,.trainforge.v1.CheckDeploymentHealthResponse\"R\x82\xd3\xe4\x93\x02L\x12J/api/training/deploy/{model_version_id}/deployments/{deployment_id}/healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrainforge/v1/deploy.proto\x12\rtrainforge.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8d\x05\n\nDeployment\x12\x1b\n\rdeployment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10model_version_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x08\x65ndpoint\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1e.trainforge.v1.DeploymentStateB\x04\xe2\x41\x01\x03\x12\x15\n\rauto_rollback\x18\x06 \x01(\x08\x12\x1c\n\x14health_check_enabled\x18\x07 \x01(\x08\x12\x1c\n\x14health_check_timeout\x18\x08 \x01(\x05\x12\x17\n\x0f\x64\x65ployment_tags\x18\t \x03(\t\x12$\n\x16previous_deployment_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\r\n\x05\x61lias\x18\x0e \x01(\t\x12\x14\n\x06job_id\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nmodel_name\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0e\n\x06\x65ngine\x18\x12 \x01(\t\x12\x1a\n\x0cserving_path\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x0blast_health\x18\x14 \x01(\x0b\x32\x1f.trainforge.v1.DeploymentHealthB\x04\xe2\x41\x01\x03\"\x8e\x01\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12.\n\ncheck_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf3\x01\n\x12\x44\x65ployModelRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06target\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rauto_rollback\x18\x03 \x01(\x08\x12\x1c\n\x14health_check_timeout\x18\x04 \x01(\x05\x12!\n\x14health_check_enabled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0f\x64\x65ployment_tags\x18\x06 \x03(\t\x12\r\n\x05\x61lias\x18\x07 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x08 \x01(\tB\x17\n\x15_health_check_enabled\">\n\x13\x44\x65ployModelResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"\xa0\x01\n\x16ListDeploymentsRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x06states\x18\x04 \x03(\x0e\x32\x1e.trainforge.v1.DeploymentState\x12\x0f\n\x07targets\x18\x05 \x03(\t\"[\n\x17ListDeploymentsResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x19.trainforge.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14GetDeploymentRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x15GetDeploymentResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"X\n\x19RollbackDeploymentRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x1aRollbackDeploymentResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment\"[\n\x1c\x43heckDeploymentHealthRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x1d\x43heckDeploymentHealthResponse\x12-\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1f.trainforge.v1.DeploymentHealth\"X\n\x19UndeployDeploymentRequest\x12\x1e\n\x10model_version_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x1aUndeployDeploymentResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x19.trainforge.v1.Deployment*\xb0\x02\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_DEPLOYING\x10\x02\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_HEALTHY\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATE_UNHEALTHY\x10\x04\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x05\x12 \n\x1c\x44\x45PLOYMENT_STATE_ROLLED_BACK\x10\x06\x12\x1f\n\x1b\x44\x45PLOYMENT_STATE_SUPERSEDED\x10\x07\x12\x1f\n\x1b\x44\x45PLOYMENT_STATE_UNDEPLOYED\x10\x08\x32\xab\x08\n\rDeployService\x12\x88\x01\n\x0b\x44\x65ployModel\x12!.trainforge.v1.DeployModelRequest\x1a\".trainforge.v1.DeployModelResponse\"2\x82\xd3\xe4\x93\x02,\"\'/api/training/deploy/{model_version_id}:\x01*\x12\x91\x01\n\x0fListDeployments\x12%.trainforge.v1.ListDeploymentsRequest\x1a&.trainforge.v1.ListDeploymentsResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/api/training/deploy/{model_version_id}\x12\xa7\x01\n\rGetDeployment\x12#.trainforge.v1.GetDeploymentRequest\x1a$.trainforge.v1.GetDeploymentResponse\"K\x82\xd3\xe4\x93\x02\x45\x12\x43/api/training/deploy/{model_version_id}/deployments/{deployment_id}\x12\xc2\x01\n\x12RollbackDeployment\x12(.trainforge.v1.RollbackDeploymentRequest\x1a).trainforge.v1.RollbackDeploymentResponse\"W\x82\xd3\xe4\x93\x02Q\"L/api/training/deploy/{model_version_id}/deployments/{deployment_id}/rollback:\x01*\x12\xc6\x01\n\x15\x43heckDeploymentHealth\x12+.trainforge.v1.CheckDeploymentHealthRequest\x1a,.trainforge.v1.CheckDeploymentHealthResponse\"R\x82\xd3\xe4\x93\x02L\x12J/api/training/deploy/{model_version_id}/deployments/{deployment_id}/health\x12\xc2\x01\n\x12UndeployDeployment\x12(.trainforge.v1.UndeployDeploymentRequest\x1a).trainforge.v1.UndeployDeploymentResponse\"W\x82\xd3\xe4\x93\x02Q\"L/api/training/deploy/{model_version_id}/deployments/{deployment_id}/undeploy:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_DEPLOYMENT'].fields_by_name['update_time']._loaded_options = None
   _globals['_DEPLOYMENT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENT'].fields_by_name['job_id']._loaded_options = None
+  _globals['_DEPLOYMENT'].fields_by_name['job_id']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENT'].fields_by_name['model_name']._loaded_options = None
+  _globals['_DEPLOYMENT'].fields_by_name['model_name']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENT'].fields_by_name['version']._loaded_options = None
+  _globals['_DEPLOYMENT'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENT'].fields_by_name['serving_path']._loaded_options = None
+  _globals['_DEPLOYMENT'].fields_by_name['serving_path']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENT'].fields_by_name['last_health']._loaded_options = None
+  _globals['_DEPLOYMENT'].fields_by_name['last_health']._serialized_options = b'\342A\001\003'
   _globals['_DEPLOYMODELREQUEST'].fields_by_name['model_version_id']._loaded_options = None
   _globals['_DEPLOYMODELREQUEST'].fields_by_name['model_version_id']._serialized_options = b'\342A\001\002'
   _globals['_DEPLOYMODELREQUEST'].fields_by_name['target']._loaded_options = None
@@ -69,6 +79,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKDEPLOYMENTHEALTHREQUEST'].fields_by_name['model_version_id']._serialized_options = b'\342A\001\002'
   _globals['_CHECKDEPLOYMENTHEALTHREQUEST'].fields_by_name['deployment_id']._loaded_options = None
   _globals['_CHECKDEPLOYMENTHEALTHREQUEST'].fields_by_name['deployment_id']._serialized_options = b'\342A\001\002'
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST'].fields_by_name['model_version_id']._loaded_options = None
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST'].fields_by_name['model_version_id']._serialized_options = b'\342A\001\002'
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST'].fields_by_name['deployment_id']._loaded_options = None
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST'].fields_by_name['deployment_id']._serialized_options = b'\342A\001\002'
   _globals['_DEPLOYSERVICE'].methods_by_name['DeployModel']._loaded_options = None
   _globals['_DEPLOYSERVICE'].methods_by_name['DeployModel']._serialized_options = b'\202\323\344\223\002,\"\'/api/training/deploy/{model_version_id}:\001*'
   _globals['_DEPLOYSERVICE'].methods_by_name['ListDeployments']._loaded_options = None
@@ -79,32 +93,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYSERVICE'].methods_by_name['RollbackDeployment']._serialized_options = b'\202\323\344\223\002Q\"L/api/training/deploy/{model_version_id}/deployments/{deployment_id}/rollback:\001*'
   _globals['_DEPLOYSERVICE'].methods_by_name['CheckDeploymentHealth']._loaded_options = None
   _globals['_DEPLOYSERVICE'].methods_by_name['CheckDeploymentHealth']._serialized_options = b'\202\323\344\223\002L\022J/api/training/deploy/{model_version_id}/deployments/{deployment_id}/health'
-  _globals['_DEPLOYMENTSTATE']._serialized_start=1732
-  _globals['_DEPLOYMENTSTATE']._serialized_end=2003
+  _globals['_DEPLOYSERVICE'].methods_by_name['UndeployDeployment']._loaded_options = None
+  _globals['_DEPLOYSERVICE'].methods_by_name['UndeployDeployment']._serialized_options = b'\202\323\344\223\002Q\"L/api/training/deploy/{model_version_id}/deployments/{deployment_id}/undeploy:\001*'
+  _globals['_DEPLOYMENTSTATE']._serialized_start=2180
+  _globals['_DEPLOYMENTSTATE']._serialized_end=2484
   _globals['_DEPLOYMENT']._serialized_start=167
-  _globals['_DEPLOYMENT']._serialized_end=630
-  _globals['_DEPLOYMENTHEALTH']._serialized_start=633
-  _globals['_DEPLOYMENTHEALTH']._serialized_end=775
-  _globals['_DEPLOYMODELREQUEST']._serialized_start=778
-  _globals['_DEPLOYMODELREQUEST']._serialized_end=990
-  _globals['_DEPLOYMODELRESPONSE']._serialized_start=992
-  _globals['_DEPLOYMODELRESPONSE']._serialized_end=1054
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1056
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1151
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1153
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1244
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1246
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1329
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1331
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1395
-  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_start=1397
-  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_end=1485
-  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_start=1487
-  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_end=1556
-  _globals['_CHECKDEPLOYMENTHEALTHREQUEST']._serialized_start=1558
-  _globals['_CHECKDEPLOYMENTHEALTHREQUEST']._serialized_end=1649
-  _globals['_CHECKDEPLOYMENTHEALTHRESPONSE']._serialized_start=1651
-  _globals['_CHECKDEPLOYMENTHEALTHRESPONSE']._serialized_end=1729
-  _globals['_DEPLOYSERVICE']._serialized_start=2006
-  _globals['_DEPLOYSERVICE']._serialized_end=2876
+  _globals['_DEPLOYMENT']._serialized_end=820
+  _globals['_DEPLOYMENTHEALTH']._serialized_start=823
+  _globals['_DEPLOYMENTHEALTH']._serialized_end=965
+  _globals['_DEPLOYMODELREQUEST']._serialized_start=968
+  _globals['_DEPLOYMODELREQUEST']._serialized_end=1211
+  _globals['_DEPLOYMODELRESPONSE']._serialized_start=1213
+  _globals['_DEPLOYMODELRESPONSE']._serialized_end=1275
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1278
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1438
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1440
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1531
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1533
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1616
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1618
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1682
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_start=1684
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_end=1772
+  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_start=1774
+  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_end=1843
+  _globals['_CHECKDEPLOYMENTHEALTHREQUEST']._serialized_start=1845
+  _globals['_CHECKDEPLOYMENTHEALTHREQUEST']._serialized_end=1936
+  _globals['_CHECKDEPLOYMENTHEALTHRESPONSE']._serialized_start=1938
+  _globals['_CHECKDEPLOYMENTHEALTHRESPONSE']._serialized_end=2016
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST']._serialized_start=2018
+  _globals['_UNDEPLOYDEPLOYMENTREQUEST']._serialized_end=2106
+  _globals['_UNDEPLOYDEPLOYMENTRESPONSE']._serialized_start=2108
+  _globals['_UNDEPLOYDEPLOYMENTRESPONSE']._serialized_end=2177
+  _globals['_DEPLOYSERVICE']._serialized_start=2487
+  _globals['_DEPLOYSERVICE']._serialized_end=3554
 # @@protoc_insertion_point(module_scope)

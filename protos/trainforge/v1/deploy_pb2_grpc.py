@@ -61,6 +61,11 @@ class DeployServiceStub:
                 request_serializer=trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthRequest.SerializeToString,
                 response_deserializer=trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthResponse.FromString,
                 _registered_method=True)
+        self.UndeployDeployment = channel.unary_unary(
+                '/trainforge.v1.DeployService/UndeployDeployment',
+                request_serializer=trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentRequest.SerializeToString,
+                response_deserializer=trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class DeployServiceServicer:
@@ -69,16 +74,21 @@ class DeployServiceServicer:
     """
 
     def DeployModel(self, request, context):
-        """Deploys a model version to a target (the seed's body: `{target, auto_rollback,
-        health_check_timeout, ...}`), after verifying its artifacts.
-        Returns NOT_FOUND if the version does not exist, DATA_LOSS if its artifacts fail verification.
+        """Deploys a model version to a target (body: `{target, auto_rollback, health_check_timeout,
+        health_check_enabled, deployment_tags, alias, engine}`). Answers at once with the deployment
+        PENDING and the job that does the work: the artifacts are verified (a tampered one fails the
+        deployment with DATA_LOSS and nothing ships), the version is shipped and health-checked, and
+        only then the alias moves to it; the previous deployment keeps serving until that moment.
+        Returns NOT_FOUND if the version does not exist, INVALID_ARGUMENT listing every bad field
+        (unknown target, a target that is not configured, e.g. no HF_TOKEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeployments(self, request, context):
-        """Lists the deployments of a version (`-` for every version), newest first.
+        """Lists the deployments of a version (`-` for every version), newest first, optionally only
+        those in the given states or of the given targets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,16 +103,28 @@ class DeployServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RollbackDeployment(self, request, context):
-        """Rolls a deployment back to the one it replaced.
-        Returns FAILED_PRECONDITION if it replaced none.
+        """Rolls a live deployment back to the one it replaced: the alias moves back to the previous
+        version, which serves again, and this one becomes ROLLED_BACK.
+        Returns FAILED_PRECONDITION if it is not live or replaced none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckDeploymentHealth(self, request, context):
-        """Checks a deployment's endpoint now and records the outcome.
+        """Checks a deployment's endpoint now (a real generation where it serves) and records the
+        outcome; a live deployment that fails becomes UNHEALTHY, and with `auto_rollback` the alias
+        goes back to the deployment it replaced.
         Returns NOT_FOUND if there is no such deployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeployDeployment(self, request, context):
+        """Takes a live deployment down: a local server stops after finishing its requests, what was
+        shipped to Ollama, a hub or S3 is removed, and the alias it held is removed.
+        Returns FAILED_PRECONDITION if it is not live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +157,11 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.CheckDeploymentHealth,
                     request_deserializer=trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthRequest.FromString,
                     response_serializer=trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthResponse.SerializeToString,
+            ),
+            'UndeployDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeployDeployment,
+                    request_deserializer=trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentRequest.FromString,
+                    response_serializer=trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +301,33 @@ class DeployService:
             '/trainforge.v1.DeployService/CheckDeploymentHealth',
             trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthRequest.SerializeToString,
             trainforge_dot_v1_dot_deploy__pb2.CheckDeploymentHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeployDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainforge.v1.DeployService/UndeployDeployment',
+            trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentRequest.SerializeToString,
+            trainforge_dot_v1_dot_deploy__pb2.UndeployDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

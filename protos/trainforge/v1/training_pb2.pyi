@@ -31,6 +31,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_TRAINING: _ClassVar[JobKind]
     JOB_KIND_EVALUATION: _ClassVar[JobKind]
     JOB_KIND_COMPRESSION: _ClassVar[JobKind]
+    JOB_KIND_DEPLOYMENT: _ClassVar[JobKind]
 
 class JobEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_TRAINING: JobKind
 JOB_KIND_EVALUATION: JobKind
 JOB_KIND_COMPRESSION: JobKind
+JOB_KIND_DEPLOYMENT: JobKind
 JOB_EVENT_TYPE_UNSPECIFIED: JobEventType
 JOB_EVENT_TYPE_STATE_CHANGED: JobEventType
 JOB_EVENT_TYPE_PROGRESS: JobEventType
@@ -327,7 +329,7 @@ class CompressionResult(_message.Message):
     def __init__(self, model_version_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., gate_passed: _Optional[bool] = ..., format: _Optional[str] = ..., source_size_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., eval_data: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "status", "progress", "metrics", "resources", "error", "result_model_version_id", "attempt", "create_time", "start_time", "end_time", "kind", "evaluation", "compression", "evaluation_result", "compression_result")
+    __slots__ = ("job_id", "spec", "status", "progress", "metrics", "resources", "error", "result_model_version_id", "attempt", "create_time", "start_time", "end_time", "kind", "evaluation", "compression", "evaluation_result", "compression_result", "deployment", "deployment_result")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +347,8 @@ class Job(_message.Message):
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_RESULT_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_RESULT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     status: JobState
@@ -362,7 +366,35 @@ class Job(_message.Message):
     compression: CompressionSpec
     evaluation_result: EvaluationResult
     compression_result: CompressionResult
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result_model_version_id: _Optional[str] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., evaluation_result: _Optional[_Union[EvaluationResult, _Mapping]] = ..., compression_result: _Optional[_Union[CompressionResult, _Mapping]] = ...) -> None: ...
+    deployment: DeploymentJobSpec
+    deployment_result: DeploymentJobResult
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., status: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., result_model_version_id: _Optional[str] = ..., attempt: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[JobKind, str]] = ..., evaluation: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., compression: _Optional[_Union[CompressionSpec, _Mapping]] = ..., evaluation_result: _Optional[_Union[EvaluationResult, _Mapping]] = ..., compression_result: _Optional[_Union[CompressionResult, _Mapping]] = ..., deployment: _Optional[_Union[DeploymentJobSpec, _Mapping]] = ..., deployment_result: _Optional[_Union[DeploymentJobResult, _Mapping]] = ...) -> None: ...
+
+class DeploymentJobSpec(_message.Message):
+    __slots__ = ("deployment_id", "model_version_id", "model_name", "version", "target", "alias")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    model_version_id: str
+    model_name: str
+    version: str
+    target: str
+    alias: str
+    def __init__(self, deployment_id: _Optional[str] = ..., model_version_id: _Optional[str] = ..., model_name: _Optional[str] = ..., version: _Optional[str] = ..., target: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class DeploymentJobResult(_message.Message):
+    __slots__ = ("deployment_id", "endpoint", "deploy_seconds")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    endpoint: str
+    deploy_seconds: float
+    def __init__(self, deployment_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., deploy_seconds: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "type", "create_time", "status", "message", "progress", "metrics")
