@@ -413,15 +413,18 @@ class RegistryStore:
         async with self.pool.connection() as conn, audited_transaction(conn):
             row = await self._model_row(conn, ref, lock=True)
             model = await self._model(conn, row)
-            if not force:
-                await self._refuse_if_in_use(conn, "model_id", row["id"], ref)
+            await self._refuse_if_in_use(conn, "model_id", row["id"], ref, force=force)
             shas = await self._shas(conn, "v.model_id = %s", row["id"])
             await conn.execute("DELETE FROM model_aliases WHERE model_id = %s", (row["id"],))
             await conn.execute("DELETE FROM models WHERE id = %s", (row["id"],))
         await self._collect_garbage(shas)
         return model
 
-    async def _refuse_if_in_use(self, conn: psycopg.AsyncConnection, column: str, key: Any, label: str) -> None:
+    async def _refuse_if_in_use(self, conn: psycopg.AsyncConnection, column: str, key: Any, label: str, *,
+                                force: bool = False) -> None:
+        """Refuses to delete versions that are deployed (always: a deleted version would vanish from
+        under its server, Ollama or hub copy, and undeploying first is one call) or that have
+        aliases (unless `force`)."""
         cur = await conn.execute(
             f"SELECT v.version, array_remove(array_agg(DISTINCT a.alias), NULL) AS aliases, "
             f"bool_or(d.id IS NOT NULL) AS deployed FROM model_versions v "
@@ -430,12 +433,16 @@ class RegistryStore:
             f"WHERE v.{column} = %s GROUP BY v.version",
             (list(LIVE_DEPLOYMENT_STATES), key),
         )
-        reasons = []
+        reasons, deployed = [], False
         for r in await cur.fetchall():
             if r["deployed"]:
+                deployed = True
                 reasons.append(f"version {r['version']} is deployed")
-            if r["aliases"]:
+            if r["aliases"] and not force:
                 reasons.append(f"version {r['version']} has aliases {', '.join(sorted(r['aliases']))}")
+        if deployed:
+            raise FailedPrecondition(f"{label!r} is in use: {'; '.join(reasons)}; undeploy it first (force does not "
+                                     "delete a deployed version)", reason="MODEL_DEPLOYED", metadata={"model": label})
         if reasons:
             raise FailedPrecondition(f"{label!r} is in use: {'; '.join(reasons)}; pass force to delete anyway",
                                      reason="MODEL_IN_USE", metadata={"model": label})
@@ -533,8 +540,7 @@ class RegistryStore:
         async with self.pool.connection() as conn, audited_transaction(conn):
             model = await self._model_row(conn, ref, lock=True)
             current = await self._version(conn, model["id"], version, ref)
-            if not force:
-                await self._refuse_if_in_use(conn, "id", current.model_version_id, f"{ref}:{current.version}")
+            await self._refuse_if_in_use(conn, "id", current.model_version_id, f"{ref}:{current.version}", force=force)
             shas = await self._shas(conn, "v.id = %s", current.model_version_id)
             await conn.execute("DELETE FROM model_aliases WHERE version_id = %s", (current.model_version_id,))
             await conn.execute("DELETE FROM model_versions WHERE id = %s", (current.model_version_id,))

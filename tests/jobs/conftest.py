@@ -13,6 +13,7 @@ import pytest
 
 from tests.training.conftest import build_tiny_model, qa_rows
 from trainforge.core.db.pool import open_pool
+from trainforge.core.deploy.target_factory import target_config
 from trainforge.core.jobs.store import JobStore
 from trainforge.core.jobs.worker import Worker, WorkerConfig
 from trainforge.core.registry.artifacts import ArtifactStore
@@ -69,7 +70,9 @@ class BackgroundWorker:
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
                                   poll_seconds=0.2, model_cache=default_cache_dir(),
                                   data_root=self.settings.data_dir_root, max_running_per_kind=self.limits,
-                                  stop_checkpoint_seconds=self.stop_checkpoint_seconds)
+                                  stop_checkpoint_seconds=self.stop_checkpoint_seconds,
+                                  deploy_config=target_config(self.settings),
+                                  serving_dir=self.settings.data_dir / "serving")
             await Worker(self.jobs_class(pool), registry, config, worker_id=self.worker_id).run(self._stop)
         finally:
             await pool.close()
