@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, TypeVar
 
 import aiohttp
 
+from trainforge.core.access.audit import Actor, acting
 from trainforge.core.deploy import models as d
 from trainforge.core.deploy import ship_child
 from trainforge.core.deploy.store import DeploymentStore
-from trainforge.core.deploy.target_factory import target_config
+from trainforge.core.deploy.target_factory import check_target, target_config
 from trainforge.core.deploy.targets.base import ShipRequest
 from trainforge.core.errors import FailedPrecondition, TrainforgeError, Unavailable
 from trainforge.core.jobs import models as m
@@ -114,6 +115,37 @@ async def run_deployment(worker: Worker, job: m.Job, stop: asyncio.Event, gpus: 
     except TrainforgeError as exc:
         await store.fail(deployment_id, error_document(exc))
         await worker._fail(job, exc)
+
+
+async def auto_deploy(worker: Worker, job: m.Job, version_id: str) -> str:
+    """A training job whose config says `deployment.auto_deploy` deploys the version it registered,
+    as its owner, to `deployment_target`: a deployment (and its job) is queued, and the training job
+    names it. A target that cannot work (not configured) is reported on the training job instead."""
+    section = (job.spec.get("deployment") or {})
+    if not section.get("auto_deploy"):
+        return ""
+    target = section.get("deployment_target", d.LOCAL)
+    problems = check_target(target, "", worker.config.deploy_config or target_config_defaults())
+    if problems:
+        text = "; ".join(f"{p.field}: {p.description}" for p in problems)
+        await worker.jobs.log(job.job_id, job.attempt, f"auto-deploy to {target} refused: {text}")
+        return f"; auto-deploy to {target} refused: {text}"
+    store = DeploymentStore(worker.jobs.pool, worker.jobs)
+    version = await worker.registry.resolve_version(version_id, "result_model_version_id")
+    actor = Actor(job.owner_key_id, "worker", "worker:AutoDeploy", f"job-{job.job_id}-{job.attempt}",
+                  f"worker:{worker.worker_id}", lambda: f"{version.name}/{version.version}")
+    with acting(actor):
+        deployment, deploy_job = await store.create(
+            version, target=target, alias=d.DEFAULT_ALIAS, engine=d.LLAMA_CPP if target == d.LOCAL else "",
+            auto_rollback=True, health_check_enabled=bool(section.get("health_check_enabled", True)),
+            health_check_timeout_ms=d.DEFAULT_HEALTH_CHECK_TIMEOUT_MS, deployment_tags=[], owner_key_id=job.owner_key_id)
+    return f"; auto-deploy to {target}: deployment {deployment.deployment_id} (job {deploy_job.job_id})"
+
+
+def target_config_defaults() -> dict[str, Any]:
+    from trainforge.core.settings import Settings
+
+    return target_config(Settings())
 
 
 async def _succeed(worker: Worker, job: m.Job, deployment: d.Deployment, started: float) -> None:

@@ -214,7 +214,8 @@ class Worker:
             await self.jobs.finish(job.job_id, job.attempt, m.PAUSED, "paused after a checkpoint")
         elif rc == launch.EXIT_OK:
             version_id = await self._register(job, output_dir)
-            await self.jobs.finish(job.job_id, job.attempt, m.SUCCEEDED, f"succeeded; registered {version_id}",
+            deploying = await deploy_job.auto_deploy(self, job, version_id)
+            await self.jobs.finish(job.job_id, job.attempt, m.SUCCEEDED, f"succeeded; registered {version_id}{deploying}",
                                    result_model_version_id=version_id)
         else:
             message = _failure_message(output_dir, log_path, rc)

@@ -12,6 +12,7 @@ commands, each kept in a module of its own:
     jobs.py      jobs ...: TrainingService job client, with `watch`
     train.py     train: submit a job from a YAML template
     evaluate.py  evaluate: a local model on a local file, in this process
+    deploy.py    deploy, deployments ...: DeployService client; chat: a local deployment's stable path
     common.py    consoles, options, settings, error printing, the gRPC client
     database.py  database access for keys, audit and worker
     tables.py    rich renderers
@@ -37,6 +38,7 @@ from trainforge.server.cli import (  # noqa: E402
     backup_restore,
     db,
     demo,
+    deploy,
     evaluate,
     jobs,
     keys,
@@ -55,6 +57,9 @@ app.command()(demo.demo)
 app.command()(worker.worker)
 app.command()(train.train)
 app.command()(evaluate.evaluate)
+app.command()(deploy.deploy)
+app.command()(deploy.chat)
+app.add_typer(deploy.app, name="deployments")
 app.command()(backup_restore.backup)
 app.command()(backup_restore.restore)
 app.add_typer(db.app, name="db")
