@@ -2,7 +2,9 @@
 renders gateway/envoy.yaml with this process's ports and absolute file paths, starts Envoy, waits
 until its admin endpoint reports ready, and stops it on exit. Envoy dies with the process that
 started it (core.child_processes): an Envoy left behind would hold the HTTP and admin ports and
-block the next start."""
+block the next start. The route table and the serving clusters come from files in the run dir
+(server.serving_routes), so that local deployments get their stable endpoints without a restart:
+`gateway.serving_routes.apply([...])`."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from pathlib import Path
 import yaml
 
 from trainforge.core.child_processes import ChildRecords, with_parent_death_signal
-from trainforge.core.errors import Unavailable
+from trainforge.core.errors import FailedPrecondition, Unavailable
 from trainforge.core.settings import TlsFiles
+from trainforge.server.serving_routes import ServingFiles, ServingRoutes, use_dynamic_routes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,22 @@ class EnvoyGateway:
         self.config = render_config(grpc_address=grpc_address, grpc_port=grpc_port, http_address=http_address,
                                     http_port=http_port, admin_port=admin_port, max_request_bytes=max_request_bytes,
                                     more_grpc_ports=more_grpc_ports, tls=tls)
+        self.serving_files = ServingFiles(run_dir / "serving")
+        self.base_routes = use_dynamic_routes(self.config, self.serving_files.directory)
         self.process: subprocess.Popen | None = None
+        self._serving_routes: ServingRoutes | None = None
+
+    @property
+    def serving_routes(self) -> ServingRoutes:
+        """Routes `/api/serving/{model}/{alias}/...` to local deployments; there once Envoy is ready."""
+        if self._serving_routes is None:
+            raise FailedPrecondition("the gateway is not running: start it before routing deployments")
+        return self._serving_routes
+
+    @property
+    def admin_url(self) -> str:
+        """The admin endpoint Envoy bound (admin_port 0 picks a free port); known once it started."""
+        return f"http://{self.admin_address_path.read_text().strip()}"
 
     @property
     def url(self) -> str:
@@ -115,6 +133,9 @@ class EnvoyGateway:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        # A fresh Envoy starts with no serving route: what an earlier run routed is gone with it.
+        self.serving_files.write_initial(self.base_routes)
+        self._serving_routes = None
         self.log_path = self.run_dir / "envoy.log"
         # Envoy writes the admin address it bound here, so admin_port 0 (any free port) works.
         self.admin_address_path = self.run_dir / "admin_address"
@@ -137,6 +158,7 @@ class EnvoyGateway:
                 self._forget()
                 raise Unavailable(f"envoy exited with {self.process.returncode}: {self._log_tail()}")
             if self._ready():
+                self._serving_routes = ServingRoutes(self.run_dir, self.admin_url)
                 log.info("envoy gateway ready", extra={"fields": {"url": self.url}})
                 return
             time.sleep(0.1)
@@ -175,6 +197,7 @@ class EnvoyGateway:
         self._forget()
 
     def _forget(self) -> None:
+        self._serving_routes = None
         if self.records is not None and self.process is not None:
             self.records.remove(self.process.pid)
 
