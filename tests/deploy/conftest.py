@@ -53,6 +53,25 @@ class BackgroundSupervisor:
         self._thread.join(60)
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from trainforge.core.training.model_loading import default_cache_dir, packaged_smollm2
+
+    return packaged_smollm2(default_cache_dir())  # converted once per machine (~25 s), then instant
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16(smollm2_dir, tmp_path_factory):
+    """SmolLM2-135M-Instruct exported to an F16 GGUF by our exporter (~5 s): what a deployment ships."""
+    from trainforge.core.deploy.gguf_export import export_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf"
+    result = export_gguf(smollm2_dir, out, outtype="f16")
+    print(f"\nSmolLM2-135M F16 export: {result.seconds:.1f} s, {result.size_bytes / 1e6:.1f} MB, "
+          f"{result.tensor_count} tensors, pre {result.tokenizer_pre}")
+    return result
+
+
 @pytest.fixture(scope="module")
 def serving(settings, database_url, gateway):
     background = BackgroundSupervisor(settings, database_url, gateway)

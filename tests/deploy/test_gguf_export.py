@@ -57,24 +57,6 @@ def llama_cls():
     return pytest.importorskip("llama_cpp").Llama
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    from trainforge.core.training.model_loading import default_cache_dir, packaged_smollm2
-
-    return packaged_smollm2(default_cache_dir())  # built once (~25 s), shared with tests/training
-
-
-@pytest.fixture(scope="module")
-def smollm2_f16(smollm2_dir, tmp_path_factory):
-    from trainforge.core.deploy.gguf_export import export_gguf
-
-    out = tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf"
-    result = export_gguf(smollm2_dir, out, outtype="f16")
-    print(f"\nSmolLM2-135M F16 export: {result.seconds:.1f} s, {result.size_bytes / 1e6:.1f} MB, "
-          f"{result.tensor_count} tensors, pre {result.tokenizer_pre}")
-    return result
-
-
 # -- tiny models with byte-level BPE tokenizers ----------------------------------------------------
 
 def bpe_tokenizer(specials: list[str], *, eos: str, chat_template: str | None = None, vocab_size: int = 320):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import ollama
 
+from trainforge.core.deploy.chat_format import chat_format_for_folder
 from trainforge.core.deploy.targets.base import HealthResult, Progress, ShipRequest, ShipResult
 from trainforge.core.errors import (
     DataLoss,
@@ -36,65 +37,6 @@ from trainforge.core.errors import (
 HEALTH_PROMPT = "What is the capital of France?"
 HEALTH_OPTIONS = {"num_predict": 16, "temperature": 0}
 _HASH_CHUNK = 1 << 20
-
-# --- chat format -------------------------------------------------------------------------------
-# A minimal ChatML-only stand-in for trainforge.core.deploy.chat_format (written on another branch):
-# the Ollama TEMPLATE (Go text/template over .Messages) and the stop list from the tokenizer files.
-
-CHATML_TEMPLATE = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-                   "<|im_start|>assistant\n")
-CHATML_STOPS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise FailedPrecondition(f"{path} is not valid JSON: {exc}") from None
-
-
-def _special_tokens(model_dir: Path) -> set[str]:
-    """Every special token the tokenizer files name (transformers 4 and 5 layouts)."""
-    config = _read_json(model_dir / "tokenizer_config.json")
-    found: set[str] = set()
-
-    def add(value):
-        if isinstance(value, str):
-            found.add(value)
-        elif isinstance(value, dict) and isinstance(value.get("content"), str):
-            found.add(value["content"])
-        elif isinstance(value, list):
-            for item in value:
-                add(item)
-
-    for key, value in {**config, **_read_json(model_dir / "special_tokens_map.json")}.items():
-        if key.endswith("_token") or key.endswith("_tokens"):
-            add(value)
-    add([t for t in config.get("added_tokens_decoder", {}).values() if t.get("special")])
-    add([t for t in _read_json(model_dir / "tokenizer.json").get("added_tokens", []) if t.get("special")])
-    return found
-
-
-def _chat_template(model_dir: Path) -> str:
-    template = _read_json(model_dir / "tokenizer_config.json").get("chat_template")
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if not template and (model_dir / "chat_template.jinja").is_file():
-        template = (model_dir / "chat_template.jinja").read_text()
-    return template or ""
-
-
-def chatml_format(model_dir: Path) -> tuple[str, list[str]]:
-    """(TEMPLATE, stops) for a model whose chat template is ChatML; FailedPrecondition otherwise."""
-    if "<|im_start|>" not in _chat_template(model_dir):
-        raise FailedPrecondition(f"the model in {model_dir} has no ChatML chat template; the ollama target "
-                                 "ships ChatML models only", metadata={"model_dir": str(model_dir)})
-    specials = _special_tokens(model_dir)
-    stops = [token for token in CHATML_STOPS if token in specials]
-    if "<|im_end|>" not in stops:
-        raise FailedPrecondition(f"the tokenizer in {model_dir} does not define <|im_end|> as a special token")
-    return CHATML_TEMPLATE, stops
-
 
 # --- names ---------------------------------------------------------------------------------------
 
@@ -157,7 +99,10 @@ class OllamaTarget:
             raise FailedPrecondition(f"the ollama target ships a GGUF file and version {request.version} has none"
                                      f"{f' at {gguf}' if gguf else ''}: export it first",
                                      metadata={"model_version_id": request.model_version_id})
-        template, stops = chatml_format(request.model_dir)
+        # The model's own chat format, written out explicitly: a Modelfile without TEMPLATE and stops
+        # is why fine-tuned GGUFs never stop in Ollama (ollama#8363, LLaMA-Factory#6020).
+        chat = chat_format_for_folder(request.model_dir)
+        template, stops, system = chat.template, list(chat.stop), chat.default_system
         model = ollama_name(request.model_name, request.version)
         client = self._client()
 
@@ -177,7 +122,7 @@ class OllamaTarget:
         with self._errors(f"creating {model}"):
             last = None
             for line in client.create(model=model, files={Path(gguf).name: digest}, template=template,
-                                      parameters={"stop": stops}, stream=True):
+                                      parameters={"stop": stops}, system=system, stream=True):
                 last = line.status
                 progress(f"ollama: {last}", 0.8)
             if last != "success":
