@@ -34,7 +34,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PACKAGED_FOLDER = "smollm2-135m-instruct"
+# "-v2": the tokenizer splits digits as SmolLM2's own does (see packaged_smollm2); a cache written
+# before that is converted again rather than reused.
+PACKAGED_FOLDER = "smollm2-135m-instruct-v2"
 _COMPLETE = ".trainforge-complete"
 
 
@@ -114,6 +116,15 @@ def packaged_smollm2(cache_dir: Path) -> Path:
         gguf = packaged_gguf_path()
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers rebuilds the tokenizer from the GGUF with GPT-2's pre-tokenizer alone; the
+        # GGUF says `tokenizer.ggml.pre = smollm`, whose pre-tokenizer first splits digits one by
+        # one (StarCoder's, as in SmolLM2's tokenizer.json). Without it "a  2" and "\n\n1." tokenize
+        # differently from the model's training, and a GGUF exported later could not claim "smollm".
+        from tokenizers import pre_tokenizers
+
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model carries quantization_config and refuses save_pretrained: rebuild it
         # from a plain config and move the (already dequantised) weights over; every key matches.

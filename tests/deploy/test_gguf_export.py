@@ -196,7 +196,7 @@ def test_smollm2_tokenization_in_llama_cpp_equals_transformers(smollm2_f16, smol
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     fields, _ = gguf_fields(smollm2_f16.path)
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == smollm2_f16.tokenizer_pre
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == smollm2_f16.tokenizer_pre == "smollm"
     assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"],
             fields["tokenizer.ggml.unknown_token_id"]) == (tokenizer.bos_token_id, tokenizer.eos_token_id,
                                                             tokenizer.unk_token_id) == (1, 2, 0)
@@ -211,22 +211,22 @@ def test_smollm2_tokenization_in_llama_cpp_equals_transformers(smollm2_f16, smol
 @pytest.fixture(scope="module")
 def smollm2_tokenizer_variants(smollm2_dir, tmp_path_factory) -> dict[str, Path]:
     """Tiny random Llamas carrying SmolLM2's vocabulary: one with the tokenizer files of the model
-    cache (transformers rebuilt them from the GGUF: GPT-2's pre-tokenizer alone), one with the
-    digit-splitting pre-tokenizer that SmolLM2's own tokenizer.json has (StarCoder's)."""
+    cache (SmolLM2's digit-splitting pre-tokenizer, StarCoder's, restored by packaged_smollm2), one
+    with GPT-2's ByteLevel pre-tokenizer alone (what transformers rebuilds from the GGUF by itself)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folders = {}
-    for variant in ("model-cache", "digits-split"):
+    for variant in ("model-cache", "byte-level-only"):
         folder = tmp_path_factory.mktemp("smollm2-vocab") / variant
         folder.mkdir()
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if (smollm2_dir / name).is_file():
                 shutil.copy(smollm2_dir / name, folder / name)
         raw = json.loads((folder / "tokenizer.json").read_text())
-        if variant == "digits-split" and raw["pre_tokenizer"]["type"] != "Sequence":
-            raw["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": True}, raw["pre_tokenizer"]]}
+        assert raw["pre_tokenizer"]["type"] == "Sequence", raw["pre_tokenizer"]  # digits, then ByteLevel
+        if variant == "byte-level-only":
+            raw["pre_tokenizer"] = next(p for p in raw["pre_tokenizer"]["pretokenizers"] if p["type"] == "ByteLevel")
             (folder / "tokenizer.json").write_text(json.dumps(raw))
         config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
@@ -246,9 +246,9 @@ def test_pre_tokenizer_name_follows_the_tokenizer_and_llama_cpp_agrees(smollm2_t
 
     tokenizers = {v: AutoTokenizer.from_pretrained(f) for v, f in smollm2_tokenizer_variants.items()}
     differing = [t for t in TOKENIZER_PROBES
-                 if tokenizers["model-cache"](t)["input_ids"] != tokenizers["digits-split"](t)["input_ids"]]
+                 if tokenizers["model-cache"](t)["input_ids"] != tokenizers["byte-level-only"](t)["input_ids"]]
     assert "List:\n\n1. one\n2. two" in differing  # the probes can tell the two apart
-    expected_pre = {"model-cache": "gpt-2", "digits-split": "smollm"}
+    expected_pre = {"byte-level-only": "gpt-2", "model-cache": "smollm"}
     for variant, folder in smollm2_tokenizer_variants.items():
         result = export_gguf(folder, folder / "vocab.gguf")
         assert result.tokenizer_pre == expected_pre[variant]
