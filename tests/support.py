@@ -120,3 +120,11 @@ class _Details(collections.namedtuple("_Details", "method timeout metadata crede
 
 def authed(channel: grpc.Channel, token: str) -> grpc.Channel:
     return grpc.intercept_channel(channel, BearerAuth(token))
+
+
+def error_reason(reply: Reply) -> str:
+    """The google.rpc.ErrorInfo reason of an error reply ("" when it has none)."""
+    for detail in (reply.body or {}).get("details", []):
+        if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
+            return detail.get("reason", "")
+    return ""

@@ -44,10 +44,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_model(body: dict, served_name: str) -> None:
+def _check_model(body: dict, served_name: str | tuple[str, ...]) -> None:
+    """`served_name`: the name this server lists, or every name it answers to (listed one first)."""
+    names = (served_name,) if isinstance(served_name, str) else served_name
     model = body.get("model")
-    if model is not None and model != served_name:
-        raise NotFound(f"the model {model!r} does not exist here; this server serves {served_name!r}",
+    if model is not None and model not in names:
+        raise NotFound(f"the model {model!r} does not exist here; this server serves {names[0]!r}",
                        reason="model_not_found", metadata={"param": "model"})
 
 
@@ -137,7 +139,7 @@ def _message(i: int, raw: Any, bad: list[FieldViolation]) -> dict[str, str]:
     return {"role": "system" if role == "developer" else str(role), "content": text or ""}
 
 
-def parse_chat_request(body: Any, served_name: str) -> ChatRequest:
+def parse_chat_request(body: Any, served_name: str | tuple[str, ...]) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidArgument.one("body", "must be a JSON object")
     _check_model(body, served_name)
@@ -154,7 +156,7 @@ def parse_chat_request(body: Any, served_name: str) -> ChatRequest:
     return ChatRequest(tuple(messages), params, stream, include_usage)
 
 
-def parse_completion_request(body: Any, served_name: str) -> CompletionRequest:
+def parse_completion_request(body: Any, served_name: str | tuple[str, ...]) -> CompletionRequest:
     if not isinstance(body, dict):
         raise InvalidArgument.one("body", "must be a JSON object")
     _check_model(body, served_name)

@@ -96,9 +96,11 @@ class GenerationRun:
 
 
 class ServerState:
-    def __init__(self, engine: Engine, served_name: str, *, usage: Any = None):
+    def __init__(self, engine: Engine, served_name: str, *, usage: Any = None, also_names: tuple[str, ...] = ()):
         self.engine = engine
         self.served_name = served_name
+        # Requests may name the model by any of these (a deployment's `model:alias` and `model`).
+        self.accepted_names = (served_name, *also_names)
         self.created = schema.now()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.metrics = ServingMetrics()
@@ -203,7 +205,7 @@ async def _json_body(request: web.Request) -> Any:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.require_ready()
-    req = schema.parse_chat_request(await _json_body(request), state.served_name)
+    req = schema.parse_chat_request(await _json_body(request), state.accepted_names)
     return await _generate(request, state, lambda: state.engine.chat(req.messages, req.params),
                            chat=True, stream=req.stream, include_usage=req.include_usage)
 
@@ -211,7 +213,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.require_ready()
-    req = schema.parse_completion_request(await _json_body(request), state.served_name)
+    req = schema.parse_completion_request(await _json_body(request), state.accepted_names)
     return await _generate(request, state, lambda: state.engine.complete(req.prompt, req.params),
                            chat=False, stream=req.stream, include_usage=req.include_usage)
 
@@ -335,7 +337,7 @@ async def serve(args: argparse.Namespace, engine: Engine) -> int:
         from trainforge.core.serving.usage_reporter import UsageReporter
 
         usage = UsageReporter(args.usage_dsn, args.model_version_id, interval_s=args.usage_interval)
-    state = ServerState(engine, args.served_model_name, usage=usage)
+    state = ServerState(engine, args.served_model_name, usage=usage, also_names=tuple(args.also_serve_as))
     runner = web.AppRunner(create_app(state), handle_signals=False, access_log=None,
                            shutdown_timeout=max(args.drain_seconds, 0.001))  # aiohttp reads 0 as "no limit"
     await runner.setup()
@@ -384,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=ENGINES, required=True)
     parser.add_argument("--model", required=True, help="a GGUF file (llama_cpp) or an HF model folder (transformers)")
     parser.add_argument("--served-model-name", required=True, help="the id /v1/models lists and requests may name")
+    parser.add_argument("--also-serve-as", action="append", default=[], metavar="NAME",
+                        help="another name requests may give as `model`; repeatable")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (see --ready-file)")
     parser.add_argument("--ready-file", help="where to write {\"port\", \"pid\"} once listening")

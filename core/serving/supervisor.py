@@ -176,7 +176,11 @@ class ServingSupervisor:
         log_path = folder / "server.log"
         argv = [sys.executable, "-m", "trainforge.core.serving.openai_server",
                 "--engine", dep.serving.get("engine") or d.LLAMA_CPP, "--model", dep.serving["artifact"],
-                "--served-model-name", f"{dep.model_name}:{dep.alias}", "--host", self.host, "--port", "0",
+                # Listed as `model:version`, so a client of the stable path can see which version
+                # answers; requests may name it `model:alias` or `model` as well.
+                "--served-model-name", f"{dep.model_name}:{dep.version}",
+                "--also-serve-as", f"{dep.model_name}:{dep.alias}", "--also-serve-as", dep.model_name,
+                "--host", self.host, "--port", "0",
                 "--ready-file", str(ready_file), "--drain-seconds", str(self.drain_seconds),
                 "--usage-dsn", self.dsn, "--model-version-id", dep.model_version_id]
         if self.threads:

@@ -14,10 +14,13 @@ import time
 import urllib.error
 import urllib.request
 
+import psycopg
 import pytest
 
 from tests.deploy.conftest import deployed, deployment, register_tiny
 from tests.jobs.conftest import wait_for
+from tests.support import error_reason
+from trainforge.core.registry.artifacts import ArtifactStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
 
@@ -147,15 +150,16 @@ def test_rollout_failed_deploy_and_rollback_drop_no_request(rest, settings, gate
     # Nothing to roll back to from the first deployment.
     again = rest.post(f"/api/training/deploy/{v1['model_version_id']}/deployments/{first['deployment_id']}/rollback",
                       {})
-    assert again.status == 400 and again.body["reason"] == "NOTHING_TO_ROLL_BACK", again
+    assert again.status == 400 and error_reason(again) == "NOTHING_TO_ROLL_BACK", again
 
 
-def test_a_tampered_artifact_fails_with_data_loss_and_ships_nothing(rest, settings, worker, serving, tmp_path):
+def test_a_tampered_artifact_fails_with_data_loss_and_ships_nothing(rest, settings, database_url, worker, serving,
+                                                                      tmp_path):
     name = "local-tampered"
     v1 = register_tiny(rest, settings, tmp_path, name, "1.0.0", seed=4)
     manifest = rest.get(f"/api/training/models/{name}/versions/1.0.0/artifacts").body["data"]
     weights = next(f for f in manifest["files"] if f["path"].endswith(".safetensors"))
-    blob = next(p for p in settings.artifacts_dir.rglob(weights["sha256"]) if p.is_file())
+    blob = ArtifactStore(settings.artifacts_dir).blob_path(weights["sha256"])
     blob.chmod(0o644)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -163,5 +167,9 @@ def test_a_tampered_artifact_fails_with_data_loss_and_ships_nothing(rest, settin
     failed, job = deployed(rest, v1["model_version_id"], LOCAL)
     assert failed["state"] == "DEPLOYMENT_STATE_FAILED" and failed["error"]["code"] == 15, failed  # DATA_LOSS
     assert weights["path"] in failed["error"]["message"] or "sha256" in failed["error"]["message"], failed
-    assert failed["endpoint"] == "" and not failed.get("serving_path") or failed["state"] != "HEALTHY"
+    assert failed["endpoint"] == ""
+    with psycopg.connect(database_url) as conn:  # no server was ever asked for
+        serving_record = conn.execute("SELECT serving FROM deployments WHERE id = %s",
+                                      (failed["deployment_id"],)).fetchone()[0]
+    assert serving_record == {}, serving_record
     assert "production" not in rest.get(f"/api/training/models/{name}").body["data"].get("aliases", {})
