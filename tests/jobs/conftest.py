@@ -53,8 +53,9 @@ class BackgroundWorker:
 
     def __init__(self, settings, dsn: str, lease_seconds: float = 6.0, *, jobs_class: type[JobStore] = JobStore,
                  worker_id: str = "test-worker", stop_checkpoint_seconds: float = 60.0,
-                 limits: dict[str, int] | None = None):
+                 limits: dict[str, int] | None = None, jobs_dir=None):
         self.settings, self.dsn, self.lease = settings, dsn, lease_seconds
+        self.jobs_dir = jobs_dir or settings.data_dir / "jobs"
         self.jobs_class, self.worker_id, self.stop_checkpoint_seconds = jobs_class, worker_id, stop_checkpoint_seconds
         self.limits = limits
         self._stop: asyncio.Event | None = None
@@ -66,7 +67,7 @@ class BackgroundWorker:
         pool = await open_pool(self.dsn, min_size=1, max_size=4)
         try:
             registry = RegistryStore(pool, ArtifactStore(self.settings.artifacts_dir), self.settings.models_dir)
-            config = WorkerConfig(jobs_dir=self.settings.data_dir / "jobs", dsn=self.dsn,
+            config = WorkerConfig(jobs_dir=self.jobs_dir, dsn=self.dsn,
                                   lease=timedelta(seconds=self.lease), heartbeat_seconds=self.lease / 3,
                                   poll_seconds=0.2, model_cache=default_cache_dir(),
                                   data_root=self.settings.data_dir_root, max_running_per_kind=self.limits,
