@@ -20,7 +20,7 @@ from tests.standins.hf_hub_standin import HubStandin, git_blob_id
 from tests.support import free_port
 from tests.training.conftest import build_tiny_model
 from trainforge.core.deploy.targets.base import ShipRequest
-from trainforge.core.deploy.targets.huggingface import HuggingFaceTarget
+from trainforge.core.deploy.targets.huggingface import HuggingFaceTarget, model_card
 from trainforge.core.errors import DataLoss, InvalidArgument, Unauthenticated, Unavailable
 
 TOKEN = "hf_" + secrets.token_hex(16)
@@ -113,6 +113,12 @@ def test_model_card_carries_hub_metadata_and_lineage(target, hub, models):
     assert 'revision="production"' in body
 
 
+def test_a_base_model_that_is_no_hub_id_stays_out_of_the_metadata(models):
+    card = model_card(request(models["v1"], "v1", card={**CARD, "base_model": "/srv/models/smollm2"}), "alice/x")
+    assert "base_model" not in card.data.to_dict()
+    assert "- base model: `/srv/models/smollm2`" in card.text
+
+
 def test_generation_config_is_written_when_the_folder_has_none(target, hub, models, tmp_path):
     folder = tmp_path / "no-gen"
     shutil.copytree(models["v1"], folder)
@@ -190,6 +196,7 @@ def test_bad_configuration_names_every_field():
 
 def test_the_token_never_leaves_the_authorization_header(target, hub, models, caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")  # its own level is WARNING
     req = request(models["v1"], "v1")
     result = ship(target, req)
     target.point_alias(req, result)
@@ -202,6 +209,7 @@ def test_the_token_never_leaves_the_authorization_header(target, hub, models, ca
         assert TOKEN.encode() not in logged.body and TOKEN not in logged.url, logged.url
     assert TOKEN not in json.dumps(result.details) + json.dumps(r2.details) + result.endpoint + repr(target)
     assert TOKEN not in hub.read("alice/tiny-chat", "main", "README.md").decode()
+    assert "authenticated: True" in caplog.text  # the client's per-request debug lines were captured
     assert TOKEN not in caplog.text
 
 

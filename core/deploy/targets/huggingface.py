@@ -70,6 +70,8 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
                "chat_template.jinja", "chat_template.json", "model.safetensors.index.json")
 # Hub repo names: letters, digits, '-', '_', '.', at most 96, no '--' or '..' (the hub's own rule).
 REPO_NAME = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+# A hub model id, `namespace/name`: the hub's metadata check refuses any other base_model value.
+HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 BRANCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 _HUB_LOCK = threading.RLock()
@@ -445,7 +447,10 @@ def model_card(request: ShipRequest, repo_id: str) -> ModelCard:
     results = [EvalResult(task_type="text-generation", task_name="Text Generation", dataset_type=dataset,
                           dataset_name=dataset, dataset_split="validation", metric_type=name, metric_name=name,
                           metric_value=float(value)) for name, value in sorted(metrics.items())]
-    data = ModelCardData(model_name=request.model_name, base_model=card.get("base_model") or None,
+    base_model = str(card.get("base_model") or "")
+    # A local folder or a registry reference stays in the lineage section, out of the metadata.
+    data = ModelCardData(model_name=request.model_name,
+                         base_model=base_model if HUB_MODEL_ID.match(base_model) else None,
                          datasets=datasets or None, tags=tags, library_name="transformers",
                          pipeline_tag="text-generation", eval_results=results or None)
     lineage = card.get("lineage") or {}
