@@ -46,7 +46,4 @@ def check_target(target: str, engine: str, config: dict[str, Any]) -> list[Field
         if engine and engine not in d.ENGINES:
             problems.append(FieldViolation("engine", f"unknown engine {engine!r}; one of {', '.join(d.ENGINES)}"))
         return problems
-    if target == d.HUGGINGFACE and not config.get("huggingface_namespace"):
-        problems.append(FieldViolation("huggingface_namespace",
-                                       "the server setting is empty: set the user or organisation repos go under"))
     return problems + list(build_target(target, config).validate())

@@ -188,10 +188,10 @@ def test_missing_token_is_a_violation_naming_it_and_nothing_is_created(hub, mode
 
 def test_bad_configuration_names_every_field():
     target = HuggingFaceTarget("ftp://", "", token_env="TRAINFORGE_TEST_UNSET_TOKEN")
-    assert {v.field for v in target.validate()} == {"huggingface.endpoint", "huggingface.namespace",
+    assert {v.field for v in target.validate()} == {"huggingface_endpoint", "huggingface_namespace",
                                                      "TRAINFORGE_TEST_UNSET_TOKEN"}
     assert [v.field for v in HuggingFaceTarget("", "alice", token_env="TRAINFORGE_TEST_UNSET_TOKEN").validate()] \
-        == ["huggingface.endpoint", "TRAINFORGE_TEST_UNSET_TOKEN"]
+        == ["huggingface_endpoint", "TRAINFORGE_TEST_UNSET_TOKEN"]
 
 
 def test_the_token_never_leaves_the_authorization_header(target, hub, models, caplog):

@@ -206,9 +206,9 @@ def test_a_tampered_upload_is_data_loss_and_the_pointer_stays(server, credential
 
 
 def test_missing_configuration_names_every_field(credentials, monkeypatch, tmp_path):
-    assert {v.field for v in S3Target("", "").validate()} == {"cloud.endpoint_url", "cloud.bucket"}
+    assert {v.field for v in S3Target("", "").validate()} == {"s3_endpoint", "s3_bucket"}
     assert [v.field for v in S3Target("s3.example.com", "Bad_Bucket").validate()] == \
-        ["cloud.endpoint_url", "cloud.bucket"]
+        ["s3_endpoint", "s3_bucket"]
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     target = S3Target("http://127.0.0.1:9", "models")
@@ -222,7 +222,7 @@ def test_a_missing_bucket_is_a_failed_precondition_naming_it(server, credentials
     target = S3Target(server.endpoint_url, "no-such-bucket")
     with pytest.raises(FailedPrecondition) as caught:
         target.ship(ship_request(models, "v1"), lambda *_: None)
-    assert "no-such-bucket" in caught.value.message and "cloud.bucket" in caught.value.message
+    assert "no-such-bucket" in caught.value.message and "s3_bucket" in caught.value.message
 
 
 def test_unreachable_endpoint_is_unavailable_naming_the_host(credentials, models):

@@ -143,12 +143,12 @@ class HuggingFaceTarget:
         problems = []
         parts = urlsplit(self.endpoint)
         if not self.endpoint:
-            problems.append(FieldViolation("huggingface.endpoint", "the hub's URL is required, e.g. https://huggingface.co"))
+            problems.append(FieldViolation("huggingface_endpoint", "the hub's URL is required, e.g. https://huggingface.co"))
         elif parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(FieldViolation("huggingface.endpoint",
+            problems.append(FieldViolation("huggingface_endpoint",
                                            f"{self.endpoint!r} is not an http(s) URL with a host"))
         if not REPO_NAME.match(self.namespace):
-            problems.append(FieldViolation("huggingface.namespace",
+            problems.append(FieldViolation("huggingface_namespace",
                                            "a user or organization name on the hub is required"
                                            + (f"; {self.namespace!r} is not one" if self.namespace else "")))
         if not os.environ.get(self.token_env):

@@ -122,17 +122,17 @@ class S3Target:
         problems = []
         parts = urlsplit(self.endpoint_url)
         if not self.endpoint_url:
-            problems.append(FieldViolation("cloud.endpoint_url", "the S3 endpoint URL is required, "
+            problems.append(FieldViolation("s3_endpoint", "the S3 endpoint URL is required, "
                                                                  "e.g. https://s3.us-east-1.amazonaws.com"))
         elif parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(FieldViolation("cloud.endpoint_url", f"{self.endpoint_url!r} is not an http(s) URL with a host"))
+            problems.append(FieldViolation("s3_endpoint", f"{self.endpoint_url!r} is not an http(s) URL with a host"))
         if not self.bucket:
-            problems.append(FieldViolation("cloud.bucket", "the bucket name is required"))
+            problems.append(FieldViolation("s3_bucket", "the bucket name is required"))
         elif not BUCKET_NAME.match(self.bucket):
-            problems.append(FieldViolation("cloud.bucket", f"{self.bucket!r} is not a valid bucket name "
+            problems.append(FieldViolation("s3_bucket", f"{self.bucket!r} is not a valid bucket name "
                                                            "(3-63 lowercase letters, digits, '.', '-')"))
         if self.prefix and not all(KEY_PART.match(p) for p in self.prefix.split("/")):
-            problems.append(FieldViolation("cloud.prefix", f"{self.prefix!r}: use letters, digits, '.', '_', '-' "
+            problems.append(FieldViolation("s3_prefix", f"{self.prefix!r}: use letters, digits, '.', '_', '-' "
                                                            "and '/' between parts"))
         if not _credentials_configured():
             problems.append(FieldViolation("AWS_ACCESS_KEY_ID", "no S3 credentials found: set AWS_ACCESS_KEY_ID and "
@@ -175,7 +175,7 @@ class S3Target:
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         meta = {"host": self.host, "bucket": self.bucket, "code": code}
         if code == "NoSuchBucket" or (status == 404 and what.startswith("checking bucket")):
-            return FailedPrecondition(f"bucket {self.bucket!r} does not exist at {self.host} (cloud.bucket)",
+            return FailedPrecondition(f"bucket {self.bucket!r} does not exist at {self.host} (setting s3_bucket)",
                                       metadata=meta)
         if code in UNAUTHENTICATED:
             return Unauthenticated(f"S3 at {self.host} refused the credentials ({code}) while {what}", metadata=meta)
