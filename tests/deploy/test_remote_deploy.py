@@ -1,20 +1,27 @@
 """Deployments to the remote targets through the whole stack (REST through Envoy, the deploy job in
 a worker, the target over the network): SmolLM2 pushed to the Ollama stand-in answers and stops
-at its template's end under the alias; an unreachable host fails the deployment naming the host,
-with nothing half-deployed. The server and worker here carry target settings of their own."""
+at its template's end under the alias; a version in a real S3 server (SeaweedFS) reads back with
+every checksum equal to the registry's, and its alias pointer follows rollouts and rollbacks; a
+Hugging Face repo gets the files, the card and an alias branch; an unreachable host fails the
+deployment naming the host, and a missing token is refused before anything is queued. The server
+and worker here carry target settings of their own."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import uuid
 
 import ollama
 import pytest
 
-from tests.deploy.conftest import deployed
+from tests.deploy.conftest import deployed, register_tiny
 from tests.jobs.conftest import BackgroundWorker
+from tests.standins.hf_hub_standin import HubStandin
 from tests.standins.ollama_standin import OllamaStandin
-from tests.support import Rest, free_port
+from tests.standins.seaweedfs import seaweedfs_s3
+from tests.support import Rest, free_port, violations
 from trainforge.server.envoy_process import EnvoyGateway
 from trainforge.server.runner import BackgroundServer
 
@@ -48,10 +55,43 @@ def ollama_standin(tmp_path_factory):
     standins.stop()
 
 
+BUCKET = "trainforge-deploy"
+HF_TOKEN = "hf_remote_deploy_test_token"
+
+
 @pytest.fixture(scope="module")
-def remote(settings, database_url, api_keys, ollama_standin, tmp_path_factory):
+def s3_server(tmp_path_factory):
+    with seaweedfs_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        client = server.client()
+        client.create_bucket(Bucket=BUCKET)
+        client.close()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    with HubStandin(tmp_path_factory.mktemp("hub"), {HF_TOKEN: "team"}) as standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def credentials(s3_server, tmp_path_factory):
+    """The environment a deploying server is given: S3 keys and a hub token (never in settings)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+        env.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+        env.delenv("AWS_PROFILE", raising=False)
+        env.setenv("AWS_CONFIG_FILE", str(tmp_path_factory.mktemp("aws") / "none"))
+        env.setenv("HF_TOKEN", HF_TOKEN)
+        yield env
+
+
+@pytest.fixture(scope="module")
+def remote(settings, database_url, api_keys, ollama_standin, s3_server, hub, credentials, tmp_path_factory):
     """A server, gateway and worker on the suite's database whose settings name the stand-ins."""
-    configured = settings.model_copy(update={"ollama_host": ollama_standin.url})
+    configured = settings.model_copy(update={
+        "ollama_host": ollama_standin.url, "s3_endpoint": s3_server.endpoint_url, "s3_bucket": BUCKET,
+        "s3_prefix": "models", "huggingface_endpoint": hub.url, "huggingface_namespace": "team"})
     server = BackgroundServer(configured, database_url)
     server.start()
     gateway = EnvoyGateway(tmp_path_factory.mktemp("remote-envoy"), grpc_address="127.0.0.1", grpc_port=server.port,
@@ -109,3 +149,65 @@ def test_an_unreachable_ollama_host_fails_naming_the_host_and_deploys_nothing(re
     listed = remote.get(f"/api/training/deploy/{smollm2_version['model_version_id']}?"
                         "states=DEPLOYMENT_STATE_HEALTHY&targets=ollama").body["data"]
     assert len(listed) <= 1
+
+
+def _jobs_total(rest) -> int:
+    return int(rest.get("/api/training/jobs?page_size=1").body["total_size"])
+
+
+def test_a_cloud_deploy_round_trips_with_verified_checksums_and_its_pointer_rolls_back(remote, settings, s3_server,
+                                                                                       tmp_path):
+    name = f"cloud-{uuid.uuid4().hex[:6]}"
+    v1 = register_tiny(remote, settings, tmp_path, name, "1.0.0", seed=1)
+    v2 = register_tiny(remote, settings, tmp_path, name, "2.0.0", seed=2)
+    first, job = deployed(remote, v1["model_version_id"], {"target": "cloud", "auto_rollback": True,
+                                                            "deployment_tags": ["production"]})
+    assert first["state"] == "DEPLOYMENT_STATE_HEALTHY", (first, job)
+    s3 = s3_server.client()
+
+    def pointer() -> dict:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=f"models/{name}/aliases/production.json")["Body"].read())
+
+    def objects_match_the_registry(version: str) -> None:
+        registry = remote.get(f"/api/training/models/{name}/versions/{version}/artifacts").body["data"]["files"]
+        assert registry
+        for f in registry:
+            body = s3.get_object(Bucket=BUCKET, Key=f"models/{name}/versions/{version}/{f['path']}")["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
+
+    assert pointer()["version"] == "1.0.0"
+    objects_match_the_registry("1.0.0")
+    second, _ = deployed(remote, v2["model_version_id"], {"target": "cloud", "auto_rollback": True})
+    assert second["state"] == "DEPLOYMENT_STATE_HEALTHY" and pointer()["version"] == "2.0.0"
+    objects_match_the_registry("2.0.0")
+    rolled = remote.post(f"/api/training/deploy/{v2['model_version_id']}/deployments/{second['deployment_id']}"
+                         "/rollback", {})
+    assert rolled.status == 200 and rolled.body["data"]["deployment_id"] == first["deployment_id"], rolled
+    assert pointer()["version"] == "1.0.0"
+    assert remote.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "1.0.0"
+    s3.close()
+
+
+def test_a_huggingface_deploy_uploads_files_card_and_alias_branch(remote, settings, hub, tmp_path):
+    name = f"hub-{uuid.uuid4().hex[:6]}"
+    v1 = register_tiny(remote, settings, tmp_path, name, "1.0.0", seed=5)
+    live, job = deployed(remote, v1["model_version_id"], {"target": "huggingface",
+                                                           "deployment_tags": ["conversational", "fine-tuned"]})
+    assert live["state"] == "DEPLOYMENT_STATE_HEALTHY", (live, job)
+    readme = hub.read(f"team/{name}", "main", "README.md").decode()
+    assert "conversational" in readme and "fine-tuned" in readme and "library_name: transformers" in readme
+    config = json.loads(hub.read(f"team/{name}", "production", "config.json"))
+    assert config["model_type"] == "llama"
+    assert HF_TOKEN not in json.dumps(live) and HF_TOKEN not in json.dumps(job)
+
+
+def test_a_missing_hf_token_is_refused_before_anything_is_queued(remote, settings, credentials, tmp_path):
+    v1 = register_tiny(remote, settings, tmp_path, f"hub-notoken-{uuid.uuid4().hex[:6]}", "1.0.0")
+    before = _jobs_total(remote)
+    credentials.delenv("HF_TOKEN")
+    try:
+        reply = remote.post(f"/api/training/deploy/{v1['model_version_id']}", {"target": "huggingface"})
+    finally:
+        credentials.setenv("HF_TOKEN", HF_TOKEN)
+    assert reply.status == 400 and "HF_TOKEN" in violations(reply), reply
+    assert _jobs_total(remote) == before
