@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ class ServerProcess:
                      "--served-model-name", name, "--port", "0", "--ready-file", str(self.ready_file), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._final_log = ""  # the log, kept once stop() removed the folder
         self.port = 0
         self.ready_at = 0.0
 
@@ -59,7 +61,9 @@ class ServerProcess:
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return self._final_log
 
     def wait_healthy(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -75,8 +79,10 @@ class ServerProcess:
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, then the exit code (killing the process if it outlives `timeout`)."""
+        """SIGTERM, then the exit code (killing the process if it outlives `timeout`); the folder
+        with the ready file and the log goes (the log stays readable through log())."""
         if self.proc is None:
+            shutil.rmtree(self.folder, ignore_errors=True)
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -86,6 +92,9 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self.folder.exists():
+            self._final_log = self.log()
+            shutil.rmtree(self.folder, ignore_errors=True)
         return self.proc.returncode
 
     # -- HTTP --------------------------------------------------------------------------------

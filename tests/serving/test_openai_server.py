@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.serving.server_process import EventStream, ServerProcess
+from trainforge.core.serving.openai_server import EXIT_BAD_ARGUMENTS, EXIT_LOAD_FAILED
 
 NAME = "tiny-llama:production"
 CHAT = "/v1/chat/completions"
@@ -357,3 +358,28 @@ def test_an_int8_version_is_served_through_the_int8_kernels(tmp_path):
         assert "int8 w8a16 (Triton kernels)" in server.log()
     finally:
         assert server.stop() == 0, server.log()
+
+
+# -- bad command lines and models that do not load ------------------------------------------------
+def test_a_missing_model_path_is_refused_before_listening(tmp_path):
+    server = ServerProcess("llama_cpp", tmp_path / "missing.gguf", NAME)
+    with pytest.raises(AssertionError, match=f"exited with {EXIT_BAD_ARGUMENTS} before listening"):
+        server.start(timeout=60)
+    assert not server.ready_file.exists()
+    server.stop()
+    log = server.log()
+    assert "--model" in log and "missing.gguf" in log and "Traceback" not in log
+
+
+def test_a_model_llama_cpp_cannot_load_ends_the_process_with_one_line(tmp_path):
+    pytest.importorskip("llama_cpp")
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF but not really" * 100)
+    server = ServerProcess("llama_cpp", bogus, NAME).start()
+    try:
+        assert server.proc.wait(60) == EXIT_LOAD_FAILED
+    finally:
+        server.stop()
+    log = server.log()
+    assert "the model failed to load: llama.cpp could not load bogus.gguf" in log
+    assert "Traceback" not in log
