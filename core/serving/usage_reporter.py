@@ -72,10 +72,7 @@ class UsageReporter:
 
     async def _resolve(self) -> tuple[str, str]:
         if self._target is None:
-            # The store looks versions up by id only inside compare (two refs at least): the same id
-            # twice answers that version.
-            comparison = await self._store.compare([self.model_version_id, self.model_version_id], [])
-            found = comparison.versions[0]
+            found = await self._store.resolve_version(self.model_version_id, "model_version_id")
             self._target = (found.model_id, found.version)
         return self._target
 

@@ -215,6 +215,10 @@ class _RestDemo:
         job = self.step(f"Fine-tune the packaged SmolLM2-135M for {DEMO_TRAIN_STEPS} steps on the shipped facts",
                         "POST", f"{api}/jobs", DEMO_TRAIN, 200,
                         lambda b: Text(f"job {b['data']['job_id']}: {b['data']['status']}"))
+        if not isinstance(job, dict) or "data" not in job:
+            return
+        self.step("Start it (the seed's POST /jobs/{id}/start)", "POST", f"{api}/jobs/{job['data']['job_id']}/start",
+                  {}, 200, lambda b: Text(f"job {b['data']['job_id']}: {b['data']['status']}"))
         trained = self._wait_job(job, "training")
         if trained is None:
             return
@@ -240,7 +244,7 @@ class _RestDemo:
                                  f"({b['usage']['completion_tokens']} tokens, {b['choices'][0]['finish_reason']})"),
                   check=lambda b: None if b["usage"]["completion_tokens"] > 0 else "no token generated")
 
-    def _wait_job(self, created: Any, what: str, timeout: float = 900) -> dict | None:
+    def _wait_job(self, created: Any, what: str, timeout: float = 600) -> dict | None:
         """Follows a queued job until it ends; prints one panel with its outcome."""
         if not isinstance(created, dict) or "data" not in created:
             return None
