@@ -318,9 +318,14 @@ def test_no_auth_is_refused_off_loopback():
 
 
 def test_demo_runs_end_to_end_and_cleans_up():
-    env = wide_env()
+    """`make run`: the registry session, then SmolLM2 fine-tuned, compressed to int8, deployed
+    locally and asked a question through the gateway (~90 s on 2 cores once the model cache holds
+    the converted SmolLM2; the issue's bound is about 3 minutes)."""
+    # As `make run` runs it: the suite's TRITON_INTERPRET=1 would send the compression job's int8
+    # kernels through the Triton interpreter (minutes instead of seconds).
+    env = {k: v for k, v in wide_env().items() if k != "TRITON_INTERPRET"}
     started = time.monotonic()
-    result = subprocess.run([TRAINFORGE, "demo"], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run([TRAINFORGE, "demo"], capture_output=True, text=True, timeout=600, env=env)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
@@ -328,10 +333,21 @@ def test_demo_runs_end_to_end_and_cleans_up():
                  "custom_conversational_model:1.1.0", "(@production)"):
         assert text in out, text
     assert re.search(r"all \d+ steps returned what they should", out)
+    for text in ("The training job", "The compression job", "The deployment job", "JOB_STATE_SUCCEEDED",
+                 "/api/serving/smollm2-facts/production/v1/chat/completions", "-int8:"):
+        assert text in out, text
     data_dir = re.search(r"data directory: (\S+)", out).group(1)
     assert not Path(data_dir).exists()
     assert _processes_mentioning(data_dir) == []
-    assert took < 60, f"demo took {took:.1f} s"
+    assert took < 300, f"demo took {took:.1f} s"
+
+
+def test_demo_registry_only_is_quick():
+    result = subprocess.run([TRAINFORGE, "demo", "--registry-only"], capture_output=True, text=True, timeout=120,
+                            env=wide_env())
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert re.search(r"all 9 steps returned what they should", result.stdout)
+    assert "Fine-tune the packaged" not in result.stdout
 
 
 def _api_children(serve: ServeProcess) -> list[psutil.Process]:

@@ -237,6 +237,7 @@ class TrainingServiceServicer:
     def GenerateSyntheticData(self, request, context):
         """Generates a synthetic dataset by filling prompt templates and completing them with a model.
         Returns INVALID_ARGUMENT if the templates or the generation config are malformed.
+        Not built yet: every call answers UNIMPLEMENTED (HTTP 501).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
