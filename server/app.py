@@ -36,6 +36,7 @@ from trainforge.server.deploy_service import DeployService
 from trainforge.server.interceptors import RpcInterceptor
 from trainforge.server.job_events import JobEventBroker
 from trainforge.server.registry_service import RegistryService
+from trainforge.server.serving_auth import ServingKeyCheck
 from trainforge.server.training_service import TrainingService
 from trainforge.v1 import deploy_pb2, deploy_pb2_grpc, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 
@@ -113,7 +114,8 @@ async def create_server(settings: Settings, deps: Deps, *, gateway_port: int | N
     schema = BodySchema([training_pb2.DESCRIPTOR.services_by_name["TrainingService"],
                          registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
                          deploy_pb2.DESCRIPTOR.services_by_name["DeployService"]])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(BodyCheckService(schema), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        BodyCheckService(schema, ServingKeyCheck(deps.authorizer)), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -107,6 +107,10 @@ class Authorizer:
                                    f"{method.rsplit('/', 1)[-1]} needs {rule.role}", reason="ROLE_TOO_LOW",
                                    metadata={"key_id": principal.key_id, "required_role": rule.role})
 
+    async def authenticate(self, token: str) -> ApiKey:
+        """The usable key of `token` (cached); UNAUTHENTICATED for a bad, revoked or expired one."""
+        return await self._key(token)
+
     async def _key(self, token: str) -> ApiKey:
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()

@@ -27,6 +27,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from google.rpc import code_pb2, status_pb2
 
 from trainforge.server.body_fields import BodySchema, encode
+from trainforge.server.serving_auth import ServingKeyCheck, is_serving_path
 
 UNKNOWN_FIELDS_HEADER = "x-trainforge-unknown-fields"
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -34,11 +35,16 @@ log = logging.getLogger("trainforge.body_check")
 
 
 class BodyCheckService(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, schema: BodySchema):
-        self.schema = schema
+    """Envoy's Authorization service: the body check of REST calls, and (`serving`) the API-key
+    check of the stable serving paths (server/serving_auth.py)."""
+
+    def __init__(self, schema: BodySchema, serving: ServingKeyCheck | None = None):
+        self.schema, self.serving = schema, serving
 
     async def Check(self, request: pb.CheckRequest, context) -> pb.CheckResponse:
         http = request.attributes.request.http
+        if self.serving is not None and is_serving_path(http.path):
+            return await self.serving.check(dict(http.headers))
         body = http.raw_body or http.body.encode()
         try:
             problems = self.schema.unknown_fields(http.method, http.path, body)

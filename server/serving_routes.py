@@ -59,6 +59,7 @@ UPSTREAM_IDLE_TIMEOUT = "30s"
 # worker thread's event loop; this margin covers that hand-over before the next step relies on it.
 WORKER_SETTLE_S = 0.1
 
+SERVING_AUTH_FILTER = "trainforge.serving_auth"
 _DISABLED_FILTERS = {
     # The transcoder would refuse a path that is not one of the API's methods (reject_unknown_method)
     # and the body check is for API calls: neither applies to an inference server's requests.
@@ -67,6 +68,10 @@ _DISABLED_FILTERS = {
     "envoy.filters.http.ext_authz": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
         "disabled": True},
+    # The API-key check of the serving paths (gateway/envoy.yaml: off everywhere else).
+    SERVING_AUTH_FILTER: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": False,
+                          "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3."
+                                              "ExtAuthzPerRoute", "check_settings": {}}},
 }
 
 

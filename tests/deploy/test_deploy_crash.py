@@ -21,6 +21,14 @@ from tests.server.test_cli import TRAINFORGE
 
 pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
 
+# The stable serving paths need an API key like the API (any role): a viewer's here.
+AUTH: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _viewer_key(api_keys):
+    AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
+
 LOCAL = {"target": "local", "engine": "transformers", "auto_rollback": True, "health_check_timeout": 60000}
 SERVER_MODULE = "trainforge.core.serving.openai_server"
 
@@ -32,19 +40,29 @@ def _cli_worker(dsn: str, data_dir) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _servers() -> dict[str, int]:
-    """model_version_id -> pid of every local inference server process running on this machine."""
+def _servers(dsn: str) -> dict[str, int]:
+    """model_version_id -> pid of every local inference server process of this database (its
+    registry DSN is on its command line) running on this machine."""
     found = {}
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if SERVER_MODULE in cmdline and "--model-version-id" in cmdline:
+        if SERVER_MODULE in cmdline and "--model-version-id" in cmdline and dsn in cmdline:
             found[cmdline[cmdline.index("--model-version-id") + 1]] = process.info["pid"]
     return found
 
 
 def _served(gateway_url: str, name: str) -> str:
-    with urllib.request.urlopen(f"{gateway_url}/api/serving/{name}/production/v1/models", timeout=30) as reply:
+    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/production/v1/models", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())["data"][0]["id"]
+
+
+def _wanted_versions(dsn: str) -> set[str]:
+    """Versions with a local deployment that may have a server: in progress or live."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT model_version_id FROM deployments WHERE target = 'local' AND state IN "
+                            "('PENDING', 'DEPLOYING', 'HEALTHY', 'UNHEALTHY')").fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def _serving_record(dsn: str, deployment_id: str) -> dict:
@@ -70,8 +88,9 @@ def test_a_worker_killed_mid_deploy_leaves_no_orphan_and_no_half_switch(rest, se
         worker.wait(10)
         assert rest.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "1.0.0"
         assert _served(gateway.url, name) == f"{name}:1.0.0"
-        # The new deployment's server (if it started) belongs to the supervisor, not the dead worker.
-        assert set(_servers()) <= {v1["model_version_id"], v2["model_version_id"]}
+        # The new deployment's server (if it started) belongs to the supervisor, not the dead worker:
+        # every server on the machine serves a live or in-progress deployment.
+        assert set(_servers(database_url)) <= _wanted_versions(database_url)
 
         worker = _cli_worker(database_url, settings.data_dir)
         job = finished_job(rest, second["job_id"], timeout=240)
@@ -81,8 +100,9 @@ def test_a_worker_killed_mid_deploy_leaves_no_orphan_and_no_half_switch(rest, se
         assert rest.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "2.0.0"
         wait_for(lambda: _served(gateway.url, name) == f"{name}:2.0.0", timeout=30)
         # The superseded server drains and exits; one server per live deployment remains.
-        wait_for(lambda: v1["model_version_id"] not in _servers(), timeout=60)
-        assert v2["model_version_id"] in _servers()
+        wait_for(lambda: v1["model_version_id"] not in _servers(database_url), timeout=60)
+        assert v2["model_version_id"] in _servers(database_url)
+        assert set(_servers(database_url)) <= _wanted_versions(database_url)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

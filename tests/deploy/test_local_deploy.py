@@ -9,6 +9,7 @@ GGUF is covered in tests/deploy/test_smollm2_deploy.py."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import urllib.error
@@ -24,12 +25,20 @@ from trainforge.core.registry.artifacts import ArtifactStore
 
 pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
 
+# The stable serving paths need an API key like the API (any role): a viewer's here.
+AUTH: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _viewer_key(api_keys):
+    AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
+
 LOCAL = {"target": "local", "engine": "transformers", "auto_rollback": True, "health_check_timeout": 60000}
 
 
 def _post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, json.loads(reply.read())
@@ -38,7 +47,7 @@ def _post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
 
 
 def _served(gateway_url: str, name: str, alias: str = "production") -> str:
-    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/{alias}/v1/models")
+    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/{alias}/v1/models", headers=AUTH)
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())["data"][0]["id"]
 
@@ -93,6 +102,10 @@ def test_a_local_deployment_serves_on_the_stable_path(rest, settings, gateway, w
                                "temperature": 0})
     assert status == 200 and body["choices"][0]["message"]["role"] == "assistant", body
     assert body["usage"]["completion_tokens"] >= 1
+    anonymous = urllib.request.Request(f"{gateway.url}/api/serving/{name}/production/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as refused_call:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused_call.value.code == 401  # the serving paths are behind API keys too
     model = rest.get(f"/api/training/models/{name}").body["data"]
     assert model["aliases"]["production"] == "1.0.0"
     version = rest.get(f"/api/training/models/{name}/versions/1.0.0").body["data"]
@@ -156,7 +169,9 @@ def test_rollout_failed_deploy_and_rollback_drop_no_request(rest, settings, gate
 def test_a_tampered_artifact_fails_with_data_loss_and_ships_nothing(rest, settings, database_url, worker, serving,
                                                                       tmp_path):
     name = "local-tampered"
-    v1 = register_tiny(rest, settings, tmp_path, name, "1.0.0", seed=4)
+    # A seed of its own: materialised copies are shared by content across sessions (and verified
+    # when used), so a model deployed before would ship from its verified copy, tamper or not.
+    v1 = register_tiny(rest, settings, tmp_path, name, "1.0.0", seed=random.randrange(10**9))
     manifest = rest.get(f"/api/training/models/{name}/versions/1.0.0/artifacts").body["data"]
     weights = next(f for f in manifest["files"] if f["path"].endswith(".safetensors"))
     blob = ArtifactStore(settings.artifacts_dir).blob_path(weights["sha256"])

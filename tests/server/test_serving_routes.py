@@ -35,6 +35,7 @@ class Backend:
     def __init__(self, name: str):
         self.name = name
         self.started_streams = 0
+        self.saw_authorization = False
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         app = web.Application()
@@ -51,6 +52,7 @@ class Backend:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     async def models(self, request: web.Request) -> web.Response:
+        self.saw_authorization = self.saw_authorization or "authorization" in request.headers
         return web.json_response({"object": "list", "data": [{"id": self.name, "object": "model"}]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -77,11 +79,16 @@ class Backend:
             self.thread.join(10)
 
 
+# The serving paths need an API key (server/serving_auth.py, asked by Envoy's ext_authz through the
+# suite's gRPC server); every request here carries the viewer's, unless a test says otherwise.
+AUTH: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
-def envoy() -> Iterator[EnvoyGateway]:
-    # Only the serving routes are exercised: nothing listens on the gRPC port.
+def envoy(grpc_server, api_keys) -> Iterator[EnvoyGateway]:
+    AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
     with tempfile.TemporaryDirectory(prefix="trainforge-serving-") as folder:
-        gateway = EnvoyGateway(Path(folder), grpc_address="127.0.0.1", grpc_port=free_port(),
+        gateway = EnvoyGateway(Path(folder), grpc_address="127.0.0.1", grpc_port=grpc_server.port,
                                http_port=free_port(), admin_port=0)
         gateway.start()
         yield gateway
@@ -96,10 +103,10 @@ def backends() -> Iterator[dict[str, Backend]]:
         backend.stop()
 
 
-def get(envoy: EnvoyGateway, path: str) -> tuple[int, dict, dict]:
+def get(envoy: EnvoyGateway, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
     connection = http.client.HTTPConnection(envoy.http_address, envoy.http_port, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=AUTH if headers is None else headers)
         response = connection.getresponse()
         return response.status, dict(response.headers), json.loads(response.read())
     finally:
@@ -134,7 +141,7 @@ class Stream:
         try:
             self.started = time.monotonic()
             connection.request("POST", self.path, body=json.dumps({"model": "m", "stream": True}),
-                               headers={"content-type": "application/json"})
+                               headers={"content-type": "application/json", **AUTH})
             response = connection.getresponse()
             if response.status != 200:
                 self.error = f"HTTP {response.status}: {response.read()[:300]!r}"
@@ -180,7 +187,7 @@ class Load:
         while not self.stopping.is_set():
             sent = time.monotonic()
             try:
-                connection.request("GET", "/api/serving/m/production/v1/models")
+                connection.request("GET", "/api/serving/m/production/v1/models", headers=AUTH)
                 response = connection.getresponse()
                 body = response.read()
                 if response.status != 200:
@@ -311,3 +318,20 @@ def test_serving_routes_need_a_running_gateway(tmp_path):
                            admin_port=0)
     with pytest.raises(FailedPrecondition):
         gateway.serving_routes  # noqa: B018
+
+
+def test_serving_paths_need_an_api_key_and_never_pass_it_on(envoy, backends, api_keys):
+    routes = envoy.serving_routes
+    routes.apply([backends["A"].route()])
+    try:
+        status, _, body = get(envoy, "/api/serving/m/production/v1/models", headers={})
+        assert status == 401 and "API key" in body["message"], body  # the gateway's JSON error shape
+        status, _, body = get(envoy, "/api/serving/m/production/v1/models",
+                              headers={"authorization": "Bearer tf_notakey_" + "x" * 43})
+        assert status == 401, body
+        status, _, body = get(envoy, "/api/serving/m/production/v1/models",
+                              headers={"authorization": f"Bearer {api_keys['viewer']}"})
+        assert status == 200 and body["data"][0]["id"] == "A", body
+        assert backends["A"].saw_authorization is False  # the key stays at the gateway
+    finally:
+        routes.apply([])
