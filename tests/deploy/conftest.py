@@ -5,9 +5,11 @@ stable paths. Models are registered through REST, as users do."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -110,3 +112,21 @@ def deployed(rest, version_id: str, body: dict, timeout: float = 240) -> tuple[d
     first = reply.body["data"]
     job = finished_job(rest, first["job_id"], timeout=timeout)
     return deployment(rest, version_id, first["deployment_id"]), job
+
+
+# The stable serving paths need an API key like the API (any role): the viewer's, once a test
+# module asks for it with `pytest.mark.usefixtures("serving_auth")`.
+SERVING_AUTH: dict[str, str] = {}
+
+
+@pytest.fixture
+def serving_auth(api_keys) -> dict[str, str]:
+    SERVING_AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
+    return SERVING_AUTH
+
+
+def served_version(gateway_url: str, name: str, alias: str = "production") -> str:
+    """The `model:version` a stable path answers with now (its /v1/models)."""
+    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/{alias}/v1/models", headers=SERVING_AUTH)
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())["data"][0]["id"]

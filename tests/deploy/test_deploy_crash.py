@@ -5,29 +5,19 @@ server runs per live deployment and none for anything else."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import urllib.request
 
 import psutil
 import psycopg
 import pytest
 
-from tests.deploy.conftest import deployed, register_tiny
+from tests.deploy.conftest import deployed, register_tiny, served_version
 from tests.jobs.conftest import finished_job, wait_for
 from tests.server.test_cli import TRAINFORGE
 
-pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
-
-# The stable serving paths need an API key like the API (any role): a viewer's here.
-AUTH: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _viewer_key(api_keys):
-    AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
+pytestmark = [pytest.mark.postgres, pytest.mark.envoy, pytest.mark.usefixtures("serving_auth")]
 
 LOCAL = {"target": "local", "engine": "transformers", "auto_rollback": True, "health_check_timeout": 60000}
 SERVER_MODULE = "trainforge.core.serving.openai_server"
@@ -49,12 +39,6 @@ def _servers(dsn: str) -> dict[str, int]:
         if SERVER_MODULE in cmdline and "--model-version-id" in cmdline and dsn in cmdline:
             found[cmdline[cmdline.index("--model-version-id") + 1]] = process.info["pid"]
     return found
-
-
-def _served(gateway_url: str, name: str) -> str:
-    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/production/v1/models", headers=AUTH)
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())["data"][0]["id"]
 
 
 def _wanted_versions(dsn: str) -> set[str]:
@@ -87,7 +71,7 @@ def test_a_worker_killed_mid_deploy_leaves_no_orphan_and_no_half_switch(rest, se
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         assert rest.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "1.0.0"
-        assert _served(gateway.url, name) == f"{name}:1.0.0"
+        assert served_version(gateway.url, name) == f"{name}:1.0.0"
         # The new deployment's server (if it started) belongs to the supervisor, not the dead worker:
         # every server on the machine serves a live or in-progress deployment.
         assert set(_servers(database_url)) <= _wanted_versions(database_url)
@@ -98,7 +82,7 @@ def test_a_worker_killed_mid_deploy_leaves_no_orphan_and_no_half_switch(rest, se
         final = rest.get(f"/api/training/deploy/{v2['model_version_id']}/deployments/{second['deployment_id']}")
         assert final.body["data"]["state"] == "DEPLOYMENT_STATE_HEALTHY", final
         assert rest.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "2.0.0"
-        wait_for(lambda: _served(gateway.url, name) == f"{name}:2.0.0", timeout=30)
+        wait_for(lambda: served_version(gateway.url, name) == f"{name}:2.0.0", timeout=30)
         # The superseded server drains and exits; one server per live deployment remains.
         wait_for(lambda: v1["model_version_id"] not in _servers(database_url), timeout=60)
         assert v2["model_version_id"] in _servers(database_url)

@@ -18,38 +18,24 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.deploy.conftest import deployed, deployment, register_tiny
+from tests.deploy.conftest import SERVING_AUTH, deployed, deployment, register_tiny, served_version
 from tests.jobs.conftest import wait_for
 from tests.support import error_reason
 from trainforge.core.registry.artifacts import ArtifactStore
 
-pytestmark = [pytest.mark.postgres, pytest.mark.envoy]
-
-# The stable serving paths need an API key like the API (any role): a viewer's here.
-AUTH: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _viewer_key(api_keys):
-    AUTH["authorization"] = f"Bearer {api_keys['viewer']}"
+pytestmark = [pytest.mark.postgres, pytest.mark.envoy, pytest.mark.usefixtures("serving_auth")]
 
 LOCAL = {"target": "local", "engine": "transformers", "auto_rollback": True, "health_check_timeout": 60000}
 
 
 def _post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json", **AUTH})
+                                     headers={"content-type": "application/json", **SERVING_AUTH})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, {"raw": exc.read().decode(errors="replace")[:300]}
-
-
-def _served(gateway_url: str, name: str, alias: str = "production") -> str:
-    request = urllib.request.Request(f"{gateway_url}/api/serving/{name}/{alias}/v1/models", headers=AUTH)
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())["data"][0]["id"]
 
 
 class SteadyClient:
@@ -134,27 +120,27 @@ def test_rollout_failed_deploy_and_rollback_drop_no_request(rest, settings, gate
     broken = register_tiny(rest, settings, tmp_path, name, "3.0.0", seed=3, break_config=True)
     first, _ = deployed(rest, v1["model_version_id"], LOCAL)
     assert first["state"] == "DEPLOYMENT_STATE_HEALTHY", first
-    assert _served(gateway.url, name) == f"{name}:1.0.0"
+    assert served_version(gateway.url, name) == f"{name}:1.0.0"
 
     with SteadyClient(f"{gateway.url}/api/serving/{name}/production/v1/completions") as client:
         time.sleep(1)
         second, job = deployed(rest, v2["model_version_id"], LOCAL)
         assert second["state"] == "DEPLOYMENT_STATE_HEALTHY", (second, job)
         assert second["previous_deployment_id"] == first["deployment_id"]
-        wait_for(lambda: _served(gateway.url, name) == f"{name}:2.0.0", timeout=30)
+        wait_for(lambda: served_version(gateway.url, name) == f"{name}:2.0.0", timeout=30)
         assert deployment(rest, v1["model_version_id"], first["deployment_id"])["state"] == \
             "DEPLOYMENT_STATE_SUPERSEDED"
 
         failed, job = deployed(rest, broken["model_version_id"], LOCAL)
         assert failed["state"] == "DEPLOYMENT_STATE_FAILED" and job["status"] == "JOB_STATE_FAILED", failed
         assert failed["error"]["message"]
-        assert _served(gateway.url, name) == f"{name}:2.0.0"
+        assert served_version(gateway.url, name) == f"{name}:2.0.0"
         assert rest.get(f"/api/training/models/{name}").body["data"]["aliases"]["production"] == "2.0.0"
 
         rolled = rest.post(f"/api/training/deploy/{v2['model_version_id']}/deployments/{second['deployment_id']}"
                            "/rollback", {})
         assert rolled.status == 200 and rolled.body["data"]["deployment_id"] == first["deployment_id"], rolled
-        wait_for(lambda: _served(gateway.url, name) == f"{name}:1.0.0", timeout=60)
+        wait_for(lambda: served_version(gateway.url, name) == f"{name}:1.0.0", timeout=60)
         time.sleep(1)
     assert client.failures == [], client.failures[:3]
     assert client.ok > 10, client.ok

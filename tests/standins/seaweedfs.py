@@ -74,7 +74,10 @@ def seaweedfs_s3(root: Path, *, startup_timeout_s: float = 60) -> Iterator[S3Ser
         "-filer", "-s3", f"-s3.config={identities}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",  # the Iceberg and Lance catalogs listen by default: off
         "-iam=false", "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",  # volume files grow to this; the default 30 GB is for real disks
+        # Volume files grow to this (the default 30 GB is for real disks); with weed's 8 volumes a
+        # limit of 64 MB held less than one 538 MB SmolLM2 version (500 "No writable volumes").
+        # Files grow as written, so a large limit costs no disk up front.
+        "-master.volumeSizeLimitMB=1024",
         "-volume.preStopSeconds=0",
     ]
     log = (root / "weed.log").open("wb")

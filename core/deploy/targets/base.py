@@ -89,3 +89,14 @@ class DeployTarget(Protocol):
 
     def remove(self, model_name: str, alias: str, result: ShipResult) -> None:
         """Removes what `ship` left at the destination (undeploy); an alias pointing at it is removed too."""
+
+
+def error_cause(err: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` in err's chain: client libraries re-raise transport errors
+    wrapped (huggingface_hub's uploads in RuntimeError, s3transfer's ClientError)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

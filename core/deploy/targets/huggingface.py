@@ -51,7 +51,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from trainforge.core.deploy.targets.base import HealthResult, Progress, ShipRequest, ShipResult
+from trainforge.core.deploy.targets.base import HealthResult, Progress, ShipRequest, ShipResult, error_cause
 from trainforge.core.errors import (
     DataLoss,
     FailedPrecondition,
@@ -112,16 +112,6 @@ def _hub_session() -> Iterator[None]:
             constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = saved
 
 
-def _cause(err: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of `kinds` in err's chain (upload errors arrive wrapped in RuntimeError)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, kinds):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 class HuggingFaceTarget:
     name = "huggingface"
 
@@ -179,11 +169,11 @@ class HuggingFaceTarget:
         except TrainforgeError:
             raise
         except Exception as err:  # each kind is translated below; the rest re-raised
-            transport = _cause(err, (httpx2.TransportError,))
+            transport = error_cause(err, (httpx2.TransportError,))
             if transport is not None:
                 raise Unavailable(f"cannot reach the Hugging Face hub at {self.host} while {what}: "
                                   f"{type(transport).__name__}", metadata={"host": self.host}) from err
-            http = _cause(err, (HfHubHTTPError,))
+            http = error_cause(err, (HfHubHTTPError,))
             if http is None:
                 raise
             status = http.response.status_code if http.response is not None else 0

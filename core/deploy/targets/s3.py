@@ -36,7 +36,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from s3transfer.utils import ChunksizeAdjuster
 
-from trainforge.core.deploy.targets.base import HealthResult, Progress, ShipRequest, ShipResult
+from trainforge.core.deploy.targets.base import HealthResult, Progress, ShipRequest, ShipResult, error_cause
 from trainforge.core.errors import (
     DataLoss,
     FailedPrecondition,
@@ -79,16 +79,6 @@ def _hash_file(path: Path, part_size: int | None) -> tuple[str, list[bytes]]:
 
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-def _cause(err: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of `kinds` in err's chain (s3transfer re-raises ClientError wrapped)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, kinds):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class S3Target:
@@ -160,12 +150,12 @@ class S3Target:
         except TrainforgeError:
             raise
         except Exception as err:  # each kind is translated below; the rest re-raised
-            if _cause(err, (NoCredentialsError,)) is not None:
+            if error_cause(err, (NoCredentialsError,)) is not None:
                 raise InvalidArgument.one("AWS_ACCESS_KEY_ID", "no S3 credentials found") from err
-            client_error = _cause(err, (ClientError,))
+            client_error = error_cause(err, (ClientError,))
             if client_error is not None:
                 raise self._client_error(client_error, what) from err
-            if _cause(err, (BotoCoreError, ConnectionError)) is not None:
+            if error_cause(err, (BotoCoreError, ConnectionError)) is not None:
                 raise Unavailable(f"cannot reach S3 at {self.host} while {what}: {type(err).__name__}",
                                   metadata={"host": self.host}) from err
             raise
