@@ -77,6 +77,8 @@ class ServingSupervisor:
         # (model, alias) -> the deployment its stable path routes to now.
         self.routed: dict[tuple[str, str], str] = {}
         self._restarts: dict[str, int] = {}
+        # deployment id -> monotonic time before which a crashed server is not started again.
+        self._not_before: dict[str, float] = {}
         self._wake = asyncio.Event()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -149,6 +151,8 @@ class ServingSupervisor:
         server = self.servers.get(dep.deployment_id)
         if server is not None and not server.exited:
             return
+        if time.monotonic() < self._not_before.get(dep.deployment_id, 0.0):
+            return  # backing off after a crash; the other deployments are reconciled meanwhile
         if server is not None:  # it died on its own
             quick = time.monotonic() - server.started < 30
             self._restarts[dep.deployment_id] = self._restarts.get(dep.deployment_id, 0) + 1 if quick else 1
@@ -158,14 +162,19 @@ class ServingSupervisor:
             if self.records is not None:
                 self.records.remove(server.process.pid)
             del self.servers[dep.deployment_id]
-            if self._restarts[dep.deployment_id] > MAX_QUICK_RESTARTS or dep.state in d.IN_PROGRESS:
-                await self.store.update_serving(dep.deployment_id, ready=False, port=0,
-                                                failed=f"exited with {server.process.returncode}: {tail}")
-                if dep.state in d.IN_PROGRESS:
-                    return
-                if self._restarts[dep.deployment_id] > MAX_QUICK_RESTARTS:
-                    return
-            await asyncio.sleep(RESTART_BACKOFF_SECONDS)
+            failed = f"exited with {server.process.returncode}: {tail}"
+            if dep.state in d.IN_PROGRESS:  # the deploy job reads this and fails the deployment
+                await self.store.update_serving(dep.deployment_id, ready=False, port=0, failed=failed)
+            elif self._restarts[dep.deployment_id] > MAX_QUICK_RESTARTS:
+                # Crashing in a loop: stop trying. Its health check now reports no server, which
+                # marks it UNHEALTHY (and rolls back with auto_rollback).
+                log.error("local server of deployment %s crashed %d times in a row; not starting it again",
+                          dep.deployment_id, self._restarts[dep.deployment_id])
+                await self.store.update_serving(dep.deployment_id, ready=False, port=0, failed=failed)
+                self._not_before[dep.deployment_id] = float("inf")
+                return
+            self._not_before[dep.deployment_id] = time.monotonic() + RESTART_BACKOFF_SECONDS
+            return
         self.servers[dep.deployment_id] = await self._spawn(dep)
 
     async def _spawn(self, dep: d.Deployment) -> _Server:
