@@ -18,6 +18,7 @@ Outside the child the job's lease is renewed here, and a cancel request stops th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from trainforge.core.deploy.target_factory import check_target, target_config
 from trainforge.core.deploy.targets.base import ShipRequest
 from trainforge.core.errors import FailedPrecondition, TrainforgeError, Unavailable
 from trainforge.core.jobs import models as m
+from trainforge.core.registry.models import ModelVersion
 
 if TYPE_CHECKING:
     from trainforge.core.jobs.worker import Worker
@@ -158,12 +160,14 @@ async def _succeed(worker: Worker, job: m.Job, deployment: d.Deployment, started
                                      "deploy_seconds": seconds})
 
 
-def _card(version: Any, deployment: d.Deployment) -> dict[str, Any]:
+def _card(version: ModelVersion, deployment: d.Deployment) -> dict[str, Any]:
+    """The model-card facts of a version: its lineage (a job's spec names its data file under
+    `training_data.path`), metrics and the deployment's tags."""
     lineage = version.lineage
-    return {"base_model": getattr(lineage, "base_model", ""),
-            "datasets": [x for x in [getattr(lineage, "training_data", "")] if x],
+    data = ((lineage.config or {}).get("training_data") or {}).get("path", "")
+    return {"base_model": lineage.base_model, "datasets": [data] if data else [],
             "metrics": dict(version.performance_metrics), "tags": list(deployment.deployment_tags),
-            "lineage": {k: v for k, v in getattr(lineage, "__dict__", {}).items() if v not in ("", None, {}, [])},
+            "lineage": {k: v for k, v in dataclasses.asdict(lineage).items() if v not in ("", None, {}, [])},
             "description": version.description}
 
 
@@ -285,4 +289,4 @@ async def _leased(worker: Worker, job: m.Job, stop: asyncio.Event, work: Awaitab
         task.cancel()
 
 
-__all__ = ["check_local", "error_document", "run_deployment", "target_config"]
+__all__ = ["auto_deploy", "check_local", "error_document", "run_deployment"]
